@@ -1,0 +1,121 @@
+"""The CNI execution protocol's input: environment variables plus stdin config."""
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+from . import version
+from .errors import CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV
+
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+# Which variables each command needs (spec section "Parameters").
+_REQUIRED = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+    "GC": ("CNI_PATH",),
+    "STATUS": ("CNI_PATH",),
+    "VERSION": (),
+}
+# Minimum config version for commands added after 0.3.0.
+_SINCE = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
+_CONTAINER_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+
+
+@dataclass
+class Request:
+    command: str
+    config: dict
+    cni_version: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    path: list[str] = field(default_factory=list)
+    args: dict[str, str] = field(default_factory=dict)
+    raw_config: bytes = b""
+
+    @property
+    def runtime_config(self) -> dict:
+        return self.config.get("runtimeConfig") or {}
+
+    @property
+    def prev_result(self) -> dict | None:
+        prev = self.config.get("prevResult")
+        if prev is None:
+            return None
+        return version.result_to_internal(prev)
+
+
+def validate_ifname(name: str) -> None:
+    """The kernel's rules for an interface name (dev_valid_name)."""
+    if not name or len(name) > 15 or name in (".", "..") or any(
+        c in name for c in "/: \t\n"
+    ):
+        raise CNIError(INVALID_ENV, f"invalid CNI_IFNAME {name!r}")
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    args = {}
+    for part in filter(None, raw.split(";")):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise CNIError(INVALID_ENV, f"invalid CNI_ARGS pair {part!r}")
+        args[key] = value
+    return args
+
+
+def parse_config(raw: bytes) -> dict:
+    try:
+        config = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CNIError(DECODE_FAILURE, f"cannot decode network config: {e}") from None
+    if not isinstance(config, dict):
+        raise CNIError(DECODE_FAILURE, "network config must be a JSON object")
+    return config
+
+
+def from_environment(environ=os.environ, stdin: bytes = b"") -> Request:
+    command = environ.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise CNIError(INVALID_ENV, f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}")
+    if command == "VERSION":
+        try:
+            config = parse_config(stdin) if stdin.strip() else {}
+        except CNIError:
+            config = {}
+        return Request(command, config, str(config.get("cniVersion") or "1.1.0"))
+
+    config = parse_config(stdin)
+    cni_version = config.get("cniVersion")
+    if not isinstance(cni_version, str):
+        raise CNIError(INVALID_CONFIG, "network config lacks cniVersion")
+    version.require_supported(cni_version)
+    since = _SINCE.get(command)
+    if since and not version.at_least(cni_version, since):
+        raise CNIError(
+            INCOMPATIBLE_VERSION,
+            f"config version {cni_version} does not allow {command} (needs {since} or later)",
+        )
+    for key in ("name", "type"):
+        if not isinstance(config.get(key), str) or not config[key]:
+            raise CNIError(INVALID_CONFIG, f"network config lacks {key!r}")
+    missing = [v for v in _REQUIRED[command] if not environ.get(v)]
+    if missing:
+        raise CNIError(INVALID_ENV, f"required environment variables missing: {', '.join(missing)}")
+
+    req = Request(
+        command=command,
+        config=config,
+        cni_version=cni_version,
+        container_id=environ.get("CNI_CONTAINERID", ""),
+        netns=environ.get("CNI_NETNS", ""),
+        ifname=environ.get("CNI_IFNAME", ""),
+        path=[p for p in environ.get("CNI_PATH", "").split(os.pathsep) if p],
+        args=parse_cni_args(environ.get("CNI_ARGS", "")),
+        raw_config=stdin,
+    )
+    if command in ("ADD", "CHECK", "DEL"):
+        if not _CONTAINER_ID.match(req.container_id):
+            raise CNIError(INVALID_ENV, f"invalid CNI_CONTAINERID {req.container_id!r}")
+        validate_ifname(req.ifname)
+    return req
