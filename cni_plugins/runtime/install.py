@@ -2,7 +2,7 @@
 
 Runtimes exec plugins with only CNI_* variables and no PATH (containerd), so
 each executable names its interpreter by absolute path and carries its own
-module search path.  It starts the interpreter with -I -S: no site processing
+module search path.  It starts the interpreter with -IS (isolated, no site): no site processing
 (a few milliseconds on every container start), the search path is written in
 at install time instead.
 """
@@ -16,7 +16,7 @@ PLUGINS = {
     "host-local": "ipam.host_local",
 }
 
-_TEMPLATE = """#!{python} -I -S
+_TEMPLATE = """#!{python} -IS
 # pycni {name} plugin, written by `pycni install`.
 import sys
 sys.path[:0] = {paths!r}
