@@ -6,6 +6,7 @@ result into plain data with no side effects, ``apply_plan`` makes it real and
 ``undo`` removes an attachment using only our own record of it.  Masquerade
 and MAC anti-spoofing are set elements in our nftables tables (see nft.py).
 """
+import errno
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -178,7 +179,10 @@ def ensure_bridge(nl: Netlink, cfg: BridgeConfig, vlan_filtering: bool) -> netli
         try:
             nl.create_bridge(cfg.bridge, cfg.mtu, vlan_filtering)
         except NetlinkError as e:
-            if e.errno != 17:  # EEXIST: a concurrent ADD made it first
+            if e.errno == errno.EOPNOTSUPP and vlan_filtering:
+                raise CNIError(KERNEL_FAILURE, "bridge: vlan/vlanTrunk need bridge VLAN filtering, "
+                               "which this kernel lacks (CONFIG_BRIDGE_VLAN_FILTERING)") from None
+            if e.errno != errno.EEXIST:  # a concurrent ADD may have made it first
                 raise _kernel(f"creating bridge {cfg.bridge}", e)
         link = nl.link(cfg.bridge)
     if link.kind != "bridge":
@@ -205,7 +209,7 @@ def _set_gateways(nl: Netlink, br: netlink.Link, plan: Plan, force: bool) -> Non
         try:
             nl.add_address(br.index, gw, nodad=True)
         except NetlinkError as e:
-            if e.errno != 17:  # a concurrent ADD added the same gateway
+            if e.errno != errno.EEXIST:  # a concurrent ADD added the same gateway
                 raise _kernel(f"adding gateway {gw}", e)
         netns.write_sysctl("net.ipv4.ip_forward" if gw.version == 4 else "net.ipv6.conf.all.forwarding", "1")
 

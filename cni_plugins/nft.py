@@ -140,11 +140,10 @@ def run(commands: list[dict]) -> dict:
 @contextmanager
 def _locked():
     """Serialise our transactions that read before they write (removing the
-    tables once empty must not race an ADD)."""
-    from .state import run_dir
-
-    os.makedirs(run_dir(), exist_ok=True)
-    fd = os.open(os.path.join(run_dir(), "nft.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    tables once empty must not race an ADD).  The tables belong to a network
+    namespace, so the lock does too: flock on the namespace file itself,
+    which every process in that netns sees as the same inode."""
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
