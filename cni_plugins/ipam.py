@@ -13,6 +13,7 @@ import subprocess
 from . import version
 from .errors import CNIError, INVALID_CONFIG, IO_FAILURE
 from .request import Request
+from .state import request_environ
 
 _OURS = b"# pycni "  # second line of the executables `pycni install` writes
 _IN_PROCESS = {"host-local": "ipam.host_local"}
@@ -57,7 +58,7 @@ def run(req: Request, command: str) -> dict | None:
         fn = getattr(module, handler, None)
         return fn(sub) if fn else None
 
-    env = dict(os.environ)
+    env = dict(request_environ.get(os.environ))
     env.update({"CNI_COMMAND": command, "CNI_CONTAINERID": req.container_id, "CNI_NETNS": req.netns,
                 "CNI_IFNAME": req.ifname, "CNI_PATH": os.pathsep.join(req.path)})
     proc = subprocess.run([binary], input=req.raw_config, env=env, capture_output=True)

@@ -161,37 +161,32 @@ def add_elements(elements: list[tuple[str, str, object]]) -> None:
 def remove_elements(elements: list[tuple[str, str, object]]) -> None:
     """Remove elements (absent ones are fine); drop our tables once they
     hold no element at all, so a node with no attachment has no pycni state."""
+    if not elements:
+        return
     with _locked():
-        if not _tables_exist():
-            return
         cmds = skeleton()
         for e in elements:
             cmds.append(_element_cmd("add", *e))
             cmds.append(_element_cmd("delete", *e))
         run(cmds)
-        if all(not _set_elements(f, s) for f, s in _SETS):
+        if not any(_elements().values()):
             run([{"delete": {"table": {"family": f, "name": TABLE}}} for f in ("inet", "bridge")])
 
 
-def _tables_exist() -> bool:
-    rc, output, _ = _nft().json_cmd({"nftables": [{"list": {"tables": {}}}]})
-    tables = output.get("nftables", []) if rc == 0 else []
-    return any(t.get("table", {}).get("name") == TABLE for t in tables)
-
-
-def _set_elements(family: str, name: str) -> list:
-    rc, output, _ = _nft().json_cmd(
-        {"nftables": [{"list": {"set": {"family": family, "table": TABLE, "name": name}}}]})
-    if rc != 0:
-        return []
-    for item in output.get("nftables", []):
-        if "set" in item:
-            return item["set"].get("elem", [])
-    return []
+def _elements() -> dict[tuple[str, str], list]:
+    """Every element of our sets; {} without our tables.  One listing per
+    table (libnftables 1.0.6 answers only the first of several list
+    commands in one batch)."""
+    found = {}
+    for family in ("inet", "bridge"):
+        rc, output, _ = _nft().json_cmd({"nftables": [{"list": {"table": {"family": family, "name": TABLE}}}]})
+        for item in output.get("nftables", []) if rc == 0 else []:
+            if "set" in item:
+                found[(family, item["set"]["name"])] = item["set"].get("elem", [])
+    return found
 
 
 def all_elements() -> dict[tuple[str, str], list]:
     """Every element of our sets, for GC and tests."""
-    if not _tables_exist():
-        return {}
-    return {key: _set_elements(*key) for key in _SETS}
+    with _locked():
+        return _elements()

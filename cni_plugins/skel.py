@@ -18,7 +18,9 @@ _GENERIC = 999
 def handle(plugin, environ, stdin: bytes) -> tuple[int, dict | None]:
     """Run one request; return (exit status, JSON to print or None)."""
     from .request import from_environment
+    from .state import request_environ
 
+    request_environ.set(environ)
     cni_version = "1.1.0"
     try:
         req = from_environment(environ, stdin)
@@ -42,20 +44,27 @@ def handle(plugin, environ, stdin: bytes) -> tuple[int, dict | None]:
         handler(req)
         return 0, None
     except CNIError as e:
-        return 1, e.to_json(cni_version if cni_version in version.SUPPORTED else "1.1.0")
+        error = e
     except OSError as e:
-        return 1, CNIError(IO_FAILURE, str(e)).to_json(cni_version if cni_version in version.SUPPORTED else "1.1.0")
+        error = CNIError(IO_FAILURE, str(e))
     except Exception as e:  # noqa: BLE001 - the runtime must always get JSON
-        return 1, CNIError(_GENERIC, f"{type(e).__name__}: {e}").to_json(
-            cni_version if cni_version in version.SUPPORTED else "1.1.0"
-        )
+        error = CNIError(_GENERIC, f"{type(e).__name__}: {e}")
+    return 1, error.to_json(cni_version if cni_version in version.SUPPORTED else "1.1.0")
 
 
-def main(plugin) -> None:
-    stdin = sys.stdin.buffer.read() if os.environ.get("CNI_COMMAND") != "VERSION" or not sys.stdin.isatty() else b""
-    status, output = handle(plugin, os.environ, stdin)
-    if output is not None:
-        sys.stdout.write(json.dumps(output))
-        sys.stdout.write("\n")
+def read_stdin() -> bytes:
+    # VERSION may come with no stdin at all; don't block on a terminal.
+    if os.environ.get("CNI_COMMAND") == "VERSION" and sys.stdin.isatty():
+        return b""
+    return sys.stdin.buffer.read()
+
+
+def render(output: dict | None) -> bytes:
+    return b"" if output is None else json.dumps(output).encode() + b"\n"
+
+
+def main(plugin, stdin: bytes | None = None) -> None:
+    status, output = handle(plugin, os.environ, read_stdin() if stdin is None else stdin)
+    sys.stdout.buffer.write(render(output))
     sys.stdout.flush()
     sys.exit(status)

@@ -5,16 +5,25 @@ our own data) live under /var/lib/pycni; volatile ones (sockets, pid files)
 under /run/pycni.  PYCNI_STATE_DIR and PYCNI_RUN_DIR override both, for
 tests and labs; libcni passes the runtime's environment through to plugins.
 """
+import contextvars
 import json
 import os
 
+# The environment of the request being served: os.environ in a plugin
+# process, the caller's environment in the agent (one context per thread).
+request_environ: contextvars.ContextVar = contextvars.ContextVar("request_environ")
+
+
+def _env() -> dict:
+    return request_environ.get(os.environ)
+
 
 def state_dir() -> str:
-    return os.environ.get("PYCNI_STATE_DIR", "/var/lib/pycni")
+    return _env().get("PYCNI_STATE_DIR", "/var/lib/pycni")
 
 
 def run_dir() -> str:
-    return os.environ.get("PYCNI_RUN_DIR", "/run/pycni")
+    return _env().get("PYCNI_RUN_DIR", "/run/pycni")
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -2,6 +2,7 @@
 private state directories, each removed by a finalizer even when a test fails."""
 import json
 import os
+import random
 import subprocess
 import uuid
 
@@ -68,9 +69,10 @@ def bridge_name():
 
 
 def exec_plugin(bin_dir, plugin, command, config, *, netns="", container_id="c1",
-                ifname="eth0", cni_args="", extra_env=None, path=None):
+                ifname="eth0", cni_args="", extra_env=None, path=None, prefix=()):
     """Run a plugin as a runtime does: CNI_* variables and stdin only (plus
-    our state-dir overrides), no PATH.  Returns (exit code, parsed stdout)."""
+    our state-dir and agent overrides), no PATH.  ``prefix`` wraps the
+    command (e.g. `ip netns exec HOST`).  Returns (exit code, parsed stdout)."""
     env = {
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": container_id,
@@ -80,14 +82,70 @@ def exec_plugin(bin_dir, plugin, command, config, *, netns="", container_id="c1"
     }
     if cni_args:
         env["CNI_ARGS"] = cni_args
-    for key in ("PYCNI_STATE_DIR", "PYCNI_RUN_DIR"):
+    for key in ("PYCNI_STATE_DIR", "PYCNI_RUN_DIR", "PYCNI_AGENT_SOCKET", "PYCNI_NO_AGENT"):
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(extra_env or {})
     data = config if isinstance(config, (bytes, str)) else json.dumps(config)
     proc = subprocess.run(
-        [os.path.join(bin_dir, plugin)], input=data if isinstance(data, bytes) else data.encode(),
+        [*prefix, os.path.join(bin_dir, plugin)], input=data if isinstance(data, bytes) else data.encode(),
         env=env, capture_output=True, timeout=60,
     )
     out = proc.stdout.decode().strip()
     return proc.returncode, (json.loads(out) if out else None)
+
+
+# --- bridge networks ------------------------------------------------------------
+def subnet24():
+    return f"10.{random.randint(240, 249)}.{random.randint(0, 255)}.0/24"
+
+
+@pytest.fixture
+def net(bridge_name, state_dirs, tmp_path):
+    """A bridge network config with a private dataDir and unique subnet; the
+    nft tables are checked empty at teardown by the tests that need it."""
+    v4 = subnet24()
+    conf = {
+        "cniVersion": "1.0.0", "name": unique("net"), "type": "bridge", "bridge": bridge_name,
+        "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+        "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                 "ranges": [[{"subnet": v4}]]},
+    }
+    return conf
+
+
+def data_files(conf):
+    d = os.path.join(conf["ipam"]["dataDir"], conf["name"])
+    if not os.path.isdir(d):
+        return []
+    return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith("last_reserved_ip"))
+
+
+def host_veths(bridge):
+    out = run("ip", "-o", "link", "show", "master", bridge, check=False).stdout
+    return [line.split(": ")[1].split("@")[0] for line in out.splitlines() if line]
+
+
+def ruleset():
+    return run("nft", "list", "ruleset").stdout
+
+
+def in_ruleset(conf):
+    """Does any nft rule or set element name an address of this network?"""
+    prefix = conf["ipam"]["ranges"][0][0]["subnet"].rsplit(".", 1)[0] + "."
+    return prefix in ruleset()
+
+
+def ping(ns, addr, count=1):
+    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-W", "2", addr],
+                          capture_output=True).returncode == 0
+
+
+def add(bin_dir, conf, ns, cid="c1", ifname="eth0", **kw):
+    return exec_plugin(bin_dir, "bridge", "ADD", conf, netns=f"/run/netns/{ns}", container_id=cid,
+                       ifname=ifname, **kw)
+
+
+def delete(bin_dir, conf, ns, cid="c1", ifname="eth0", **kw):
+    return exec_plugin(bin_dir, "bridge", "DEL", conf, netns=f"/run/netns/{ns}" if ns else "",
+                       container_id=cid, ifname=ifname, **kw)

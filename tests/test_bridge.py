@@ -4,68 +4,13 @@ import concurrent.futures
 import json
 import os
 import random
-import subprocess
 
 import pytest
 
-from conftest import REFERENCE_BIN, exec_plugin, run, unique
+from conftest import (REFERENCE_BIN, add, data_files, delete, exec_plugin, host_veths, in_ruleset, ping,
+                      ruleset, run, unique)
 
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
-
-
-def subnet24():
-    return f"10.{random.randint(240, 249)}.{random.randint(0, 255)}.0/24"
-
-
-@pytest.fixture
-def net(bridge_name, state_dirs, tmp_path):
-    """A bridge network config with a private dataDir and unique subnet; the
-    nft tables are checked empty at teardown by the tests that need it."""
-    v4 = subnet24()
-    conf = {
-        "cniVersion": "1.0.0", "name": unique("net"), "type": "bridge", "bridge": bridge_name,
-        "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
-        "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
-                 "ranges": [[{"subnet": v4}]]},
-    }
-    return conf
-
-
-def data_files(conf):
-    d = os.path.join(conf["ipam"]["dataDir"], conf["name"])
-    if not os.path.isdir(d):
-        return []
-    return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith("last_reserved_ip"))
-
-
-def host_veths(bridge):
-    out = run("ip", "-o", "link", "show", "master", bridge, check=False).stdout
-    return [line.split(": ")[1].split("@")[0] for line in out.splitlines() if line]
-
-
-def ruleset():
-    return run("nft", "list", "ruleset").stdout
-
-
-def in_ruleset(conf):
-    """Does any nft rule or set element name an address of this network?"""
-    prefix = conf["ipam"]["ranges"][0][0]["subnet"].rsplit(".", 1)[0] + "."
-    return prefix in ruleset()
-
-
-def ping(ns, addr, count=1):
-    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-W", "2", addr],
-                          capture_output=True).returncode == 0
-
-
-def add(bin_dir, conf, ns, cid="c1", ifname="eth0", **kw):
-    return exec_plugin(bin_dir, "bridge", "ADD", conf, netns=f"/run/netns/{ns}", container_id=cid,
-                       ifname=ifname, **kw)
-
-
-def delete(bin_dir, conf, ns, cid="c1", ifname="eth0", **kw):
-    return exec_plugin(bin_dir, "bridge", "DEL", conf, netns=f"/run/netns/{ns}" if ns else "",
-                       container_id=cid, ifname=ifname, **kw)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

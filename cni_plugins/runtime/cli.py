@@ -135,6 +135,13 @@ def cmd_lab(args) -> int:
     return lab.run_cli(args)
 
 
+def cmd_agent(args) -> int:
+    from .. import agent
+
+    agent.run(args.socket, verbose=args.verbose)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pycni", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("install", help="write the plugin executables into a CNI bin dir")
     s.add_argument("--bin-dir", required=True, help="target directory, e.g. /opt/cni/bin")
     s.set_defaults(func=cmd_install)
+    s = sub.add_parser("agent", help="run the node agent in the foreground",
+                       description="Serve the installed plugins' requests with warm modules and handles. "
+                                   "Plugins find it on the abstract socket @pycni-agent of their network "
+                                   "namespace and work alone when it is not there.")
+    s.add_argument("--socket", metavar="NAME", help="abstract socket name (default pycni-agent, or "
+                   "$PYCNI_AGENT_SOCKET)")
+    s.add_argument("-v", "--verbose", action="store_true", help="log every request served")
+    s.set_defaults(func=cmd_agent)
     s = sub.add_parser("lab", help="build a lab of hosts and pods in network namespaces from a YAML file",
                        description="Hosts are network namespaces standing for nodes; pods are network "
                                    "namespaces attached through the CNI plugins, which run inside their "

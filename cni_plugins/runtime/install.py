@@ -20,6 +20,8 @@ _TEMPLATE = """#!{python} -IS
 # pycni {name} plugin, written by `pycni install`.
 import sys
 sys.path[:0] = {paths!r}
+from cni_plugins.agent_client import delegate
+delegate({name!r})  # answered by `pycni agent` if one serves this node
 from cni_plugins.skel import main
 import {module} as plugin
 main(plugin)
