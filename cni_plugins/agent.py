@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import agent_client, skel
@@ -29,7 +30,7 @@ def _ns_inode(pid: int | str, kind: str) -> int:
 
 class Agent:
     def __init__(self, address: str | None = None, workers: int = 64):
-        self.address = "\0" + address if address else agent_client.address()
+        self.address = agent_client.address(address or os.environ.get("PYCNI_AGENT_SOCKET"))
         self.modules = {name: importlib.import_module(module) for name, module in PLUGINS.items()}
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="pycni-req")
         self.own_ns = {kind: _ns_inode("self", kind) for kind in ("net", "mnt")}
@@ -82,11 +83,12 @@ class Agent:
                 if module is None:
                     return
                 conn.sendall(agent_client.ACK)
+                started = time.perf_counter()
                 status, output = skel.handle(module, environ, stdin)
                 conn.settimeout(None)
                 agent_client.send_frame(conn, bytes([status]) + skel.render(output))
-                log.debug("served %s %s %s -> %d", plugin, environ.get("CNI_COMMAND"),
-                          environ.get("CNI_CONTAINERID"), status)
+                log.debug("served %s %s %s -> %d in %.1f ms", plugin, environ.get("CNI_COMMAND"),
+                          environ.get("CNI_CONTAINERID"), status, (time.perf_counter() - started) * 1000)
             except OSError as e:
                 log.warning("request failed: %s", e)
 

@@ -23,10 +23,8 @@ import subprocess
 import pytest
 
 from conftest import REFERENCE_BIN, run, unique
+from go import build_driver
 
-DRIVER_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "go", "libcni-driver")
-GOPATH_SYSTEM = "/usr/share/gocode"
-LIBCNI_SRC = os.path.join(GOPATH_SYSTEM, "src", "github.com", "containernetworking", "cni", "libcni")
 
 VERSIONS = ["0.3.1", "0.4.0", "1.0.0"]
 
@@ -38,22 +36,10 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def libcni_driver(tmp_path_factory):
     """Build tests/go/libcni-driver once; path to the binary."""
-    if not os.path.isdir(LIBCNI_SRC):
-        pytest.fail(f"libcni source missing at {LIBCNI_SRC}: install golang-github-appc-cni-dev "
-                    "(listed in tools/apt-packages.txt)")
-    work = tmp_path_factory.mktemp("libcni-driver")
-    out = work / "libcni-driver"
-    env = dict(os.environ,
-               GO111MODULE="off",
-               GOPATH=f"{GOPATH_SYSTEM}:{work / 'gopath'}",
-               GOCACHE=str(work / "gocache"),
-               GOFLAGS="",
-               CGO_ENABLED="0")
-    proc = subprocess.run(["go", "build", "-o", str(out), "."], cwd=DRIVER_SRC, env=env,
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        pytest.fail(f"building libcni-driver failed:\n{proc.stdout}{proc.stderr}")
-    return str(out)
+    try:
+        return build_driver.build(str(tmp_path_factory.mktemp("libcni-driver")))
+    except build_driver.BuildError as e:
+        pytest.fail(str(e))
 
 
 class Driver:
