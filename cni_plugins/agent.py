@@ -78,17 +78,21 @@ class Agent:
                     log.warning("refused a caller from other namespaces")
                     return  # closing without ACK: the caller works alone
                 conn.settimeout(agent_client.ACK_TIMEOUT)
-                plugin, environ, stdin = agent_client.decode_request(agent_client.recv_frame(conn))
+                try:
+                    frame = agent_client.recv_frame(conn)
+                except ConnectionError:
+                    return  # a probe: connected and closed without a request
+                plugin, environ, stdin = agent_client.decode_request(frame)
                 module = self.modules.get(plugin)
                 if module is None:
                     return
                 conn.sendall(agent_client.ACK)
                 started = time.perf_counter()
                 status, output = skel.handle(module, environ, stdin)
-                conn.settimeout(None)
-                agent_client.send_frame(conn, bytes([status]) + skel.render(output))
                 log.debug("served %s %s %s -> %d in %.1f ms", plugin, environ.get("CNI_COMMAND"),
                           environ.get("CNI_CONTAINERID"), status, (time.perf_counter() - started) * 1000)
+                conn.settimeout(None)
+                agent_client.send_frame(conn, bytes([status]) + skel.render(output))
             except OSError as e:
                 log.warning("request failed: %s", e)
 

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import ipam, netlink, netns, nft
+from .bridge_nft import masq_elements, spoofchk_elements
 from .errors import (CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS,
                      UNKNOWN_CONTAINER)
 from .netlink import Netlink, NetlinkError
@@ -140,9 +141,9 @@ def make_plan(cfg: BridgeConfig, req: Request, ipam_result: dict, host_veth: str
                 gateways.append(ipaddress.ip_interface((gw, iface.network.prefixlen)))
         ips.append(entry)
         if cfg.ip_masq:
-            elements += nft.masq_elements(str(iface.ip), str(iface.network))
+            elements += masq_elements(str(iface.ip), str(iface.network))
     if cfg.macspoofchk:
-        elements += nft.spoofchk_elements(host_veth, mac)
+        elements += spoofchk_elements(host_veth, mac)
 
     result_routes = [dict(r) for r in ipam_result.get("routes") or []]
     if cfg.is_default_gateway:
@@ -287,7 +288,7 @@ def undo(host: Netlink, record: dict, netns_path: str = "") -> None:
                         cont.delete_link(link.index)
         finally:
             os.close(fd)
-    nft.remove_elements([tuple(e) for e in record.get("nft", [])])
+    nft.remove_elements(nft.from_record(record.get("nft", [])))
 
 
 # --- CNI commands ---------------------------------------------------------------
@@ -313,7 +314,7 @@ def add(req: Request) -> dict:
             # Record before touching the kernel: a crash half-way still
             # leaves DEL and GC what they need to clean up.
             record = {"containerID": req.container_id, "ifname": req.ifname, "netns": req.netns,
-                      "bridge": cfg.bridge, "hostVeth": host_veth, "nft": plan.nft_elements}
+                      "bridge": cfg.bridge, "hostVeth": host_veth, "nft": nft.to_record(plan.nft_elements)}
             store.save(req.container_id, req.ifname, record)
             apply_plan(cfg, plan, host, netns_fd, req.netns)
         except BaseException:
@@ -351,7 +352,7 @@ def _record_from_prev_result(req: Request) -> dict:
     if req.config.get("ipMasq"):
         for ip in prev.get("ips") or []:
             iface = ipaddress.ip_interface(ip["address"])
-            record["nft"] += nft.masq_elements(str(iface.ip), str(iface.network))
+            record["nft"] += nft.to_record(masq_elements(str(iface.ip), str(iface.network)))
     return record
 
 

@@ -1,12 +1,14 @@
 """Our nftables state: tables of our own, changed only in atomic transactions.
 
-Rules are static; what varies per container is set elements, so a lookup
-costs the same with one container as with thousands, and ADD/DEL are one
-transaction each.  Every transaction re-declares the skeleton (tables, sets,
-chains, rules — chains are flushed and refilled), so it is idempotent and
-heals a ruleset someone flushed.  Deleting an element that may be absent is
-done as add-then-delete in the same transaction (nftables 1.0.6 has no
-`destroy`).
+A plugin declares its firewall as a `Table`: sets and base chains with
+static rules.  What varies per container is set (or map) elements, so a
+lookup costs the same with one container as with thousands, and ADD/DEL are
+one transaction each.  Every transaction re-declares the table's skeleton
+(chains are flushed and refilled), so it is idempotent and heals a ruleset
+someone flushed.  Deleting an element that may be absent is done as
+add-then-delete in the same transaction (nftables 1.0.6 has no `destroy`).
+A table that holds no element after a removal is deleted, so a node with no
+attachment carries no pycni state.
 
 libnftables is loaded lazily: only plugins that touch the firewall pay for it.
 """
@@ -16,102 +18,91 @@ from contextlib import contextmanager
 
 from .errors import CNIError, KERNEL_FAILURE
 
-TABLE = "pycni"
 
-# --- skeleton -------------------------------------------------------------
-_SETS = {
-    # family, set name -> (type, flags)
-    ("inet", "masq4"): ("ipv4_addr", []),
-    ("inet", "masq6"): ("ipv6_addr", []),
-    ("inet", "nomasq4"): (["ipv4_addr", "ipv4_addr"], ["interval"]),
-    ("inet", "nomasq6"): (["ipv6_addr", "ipv6_addr"], ["interval"]),
-    ("bridge", "spoofchk_ports"): ("ifname", []),
-    ("bridge", "spoofchk_macs"): (["ifname", "ether_addr"], []),
-}
-
-
-def _match(left, right, op="=="):
+# --- expression helpers (nftables JSON) ----------------------------------------
+def match(left, right, op="=="):
     return {"match": {"op": op, "left": left, "right": right}}
 
 
-def _payload(proto, field):
+def payload(proto, field):
     return {"payload": {"protocol": proto, "field": field}}
 
 
-def _concat(*items):
+def meta(key):
+    return {"meta": {"key": key}}
+
+
+def concat(*items):
     return {"concat": list(items)}
 
 
-_RETURN = {"return": None}
+def prefix(cidr: str):
+    addr, length = cidr.split("/")
+    return {"prefix": {"addr": addr, "len": int(length)}}
 
 
-def _masq_rules(ip: str, saddr_set: str, exempt_set: str, multicast: str):
-    src, dst = _payload(ip, "saddr"), _payload(ip, "daddr")
-    prefix, length = multicast.split("/")
-    return [
-        # traffic within the container's own subnet keeps its source
-        [_match(_concat(src, dst), f"@{exempt_set}"), _RETURN],
-        [_match(dst, {"prefix": {"addr": prefix, "len": int(length)}}), _RETURN],
-        [_match(src, f"@{saddr_set}"), {"masquerade": None}],
-    ]
+RETURN = {"return": None}
 
 
-_CHAINS = {
-    ("inet", "postrouting"): (
-        {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
-        _masq_rules("ip", "masq4", "nomasq4", "224.0.0.0/4")
-        + _masq_rules("ip6", "masq6", "nomasq6", "ff00::/8"),
-    ),
-    ("bridge", "spoofchk"): (
-        {"type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"},
-        [
-            [_match(_concat({"meta": {"key": "iifname"}}, _payload("ether", "saddr")),
-                    "@spoofchk_macs"), _RETURN],
-            [_match({"meta": {"key": "iifname"}}, "@spoofchk_ports"), {"drop": None}],
-        ],
-    ),
-}
+class Table:
+    """One nftables table of ours: ``sets`` maps name -> spec (``type``,
+    optional ``flags``, ``map``...), ``chains`` maps name -> (base chain
+    hook spec or None, list of rules, each a list of expressions)."""
+
+    registry: dict = {}  # (family, name) -> Table, to read elements back from records
+
+    def __init__(self, family: str, name: str, sets: dict, chains: dict):
+        self.family = family
+        self.name = name
+        self.sets = sets
+        self.chains = chains
+        Table.registry[(family, name)] = self
+
+    def skeleton(self) -> list[dict]:
+        ref = {"family": self.family, "table": self.name}
+        cmds = [{"add": {"table": {"family": self.family, "name": self.name}}}]
+        for set_name, spec in self.sets.items():
+            kind = "map" if "map" in spec else "set"
+            cmds.append({"add": {kind: {**ref, "name": set_name, **spec}}})
+        for chain, (hook, rules) in self.chains.items():
+            cmds.append({"add": {"chain": {**ref, "name": chain, **(hook or {})}}})
+            cmds.append({"flush": {"chain": {**ref, "name": chain}}})
+            for expr in rules:
+                cmds.append({"add": {"rule": {**ref, "chain": chain, "expr": expr}}})
+        return cmds
+
+    def element(self, op: str, set_name: str, elem) -> dict:
+        # elements of sets and of maps are added and deleted alike
+        return {op: {"element": {"family": self.family, "table": self.name, "name": set_name, "elem": [elem]}}}
+
+    def elements(self) -> dict[str, list]:
+        """Every element of this table's sets; {} when the table is absent."""
+        rc, output, _ = _nft().json_cmd(
+            {"nftables": [{"list": {"table": {"family": self.family, "name": self.name}}}]})
+        found = {}
+        for item in output.get("nftables", []) if rc == 0 else []:
+            for kind in ("set", "map"):
+                if kind in item:
+                    found[item[kind]["name"]] = item[kind].get("elem", [])
+        return found
 
 
-def skeleton() -> list[dict]:
-    cmds = []
-    for family in ("inet", "bridge"):
-        cmds.append({"add": {"table": {"family": family, "name": TABLE}}})
-    for (family, name), (kind, flags) in _SETS.items():
-        spec = {"family": family, "table": TABLE, "name": name, "type": kind}
-        if flags:
-            spec["flags"] = flags
-        cmds.append({"add": {"set": spec}})
-    for (family, name), (hook, rules) in _CHAINS.items():
-        cmds.append({"add": {"chain": {"family": family, "table": TABLE, "name": name, **hook}}})
-        cmds.append({"flush": {"chain": {"family": family, "table": TABLE, "name": name}}})
-        for expr in rules:
-            cmds.append({"add": {"rule": {"family": family, "table": TABLE, "chain": name, "expr": expr}}})
-    return cmds
+# An element is (table, set name, element value).
+Element = tuple
 
 
-# --- elements ---------------------------------------------------------------
-def masq_elements(address: str, subnet: str) -> list[tuple[str, str, object]]:
-    """(family, set, element) triples that masquerade one container address
-    for everything outside ``subnet``."""
-    v6 = ":" in address
-    net, plen = subnet.split("/")
-    return [
-        ("inet", "masq6" if v6 else "masq4", address),
-        ("inet", "nomasq6" if v6 else "nomasq4",
-         _concat(address, {"prefix": {"addr": net, "len": int(plen)}})),
-    ]
+def to_record(elements: list[Element]) -> list:
+    """JSON-ready form of elements, for a plugin's attachment record."""
+    return [[t.family, t.name, s, e] for t, s, e in elements]
 
 
-def spoofchk_elements(host_ifname: str, mac: str) -> list[tuple[str, str, object]]:
-    return [
-        ("bridge", "spoofchk_ports", host_ifname),
-        ("bridge", "spoofchk_macs", _concat(host_ifname, mac)),
-    ]
-
-
-def _element_cmd(op: str, family: str, set_name: str, element) -> dict:
-    return {op: {"element": {"family": family, "table": TABLE, "name": set_name, "elem": [element]}}}
+def from_record(items: list) -> list[Element]:
+    out = []
+    for family, table, set_name, elem in items:
+        t = Table.registry.get((family, table))
+        if t is not None:
+            out.append((t, set_name, elem))
+    return out
 
 
 # --- applying -----------------------------------------------------------------
@@ -138,11 +129,11 @@ def run(commands: list[dict]) -> dict:
 
 
 @contextmanager
-def _locked():
-    """Serialise our transactions that read before they write (removing the
-    tables once empty must not race an ADD).  The tables belong to a network
-    namespace, so the lock does too: flock on the namespace file itself,
-    which every process in that netns sees as the same inode."""
+def locked():
+    """Serialise our read-then-write transactions (dropping an empty table
+    must not race an ADD).  The tables belong to a network namespace, so the
+    lock does too: flock on the namespace file itself, which every process
+    and thread in that netns sees as the same inode."""
     fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -151,42 +142,35 @@ def _locked():
         os.close(fd)
 
 
-def add_elements(elements: list[tuple[str, str, object]]) -> None:
-    if not elements:
-        return
-    with _locked():
-        run(skeleton() + [_element_cmd("add", *e) for e in elements])
+def _tables(elements) -> list[Table]:
+    return list({id(e[0]): e[0] for e in elements}.values())
 
 
-def remove_elements(elements: list[tuple[str, str, object]]) -> None:
-    """Remove elements (absent ones are fine); drop our tables once they
-    hold no element at all, so a node with no attachment has no pycni state."""
+def add_elements(elements: list[Element], extra: list[dict] = ()) -> None:
+    """Add elements (and any extra commands) in one transaction."""
+    if not elements and not extra:
+        return
+    with locked():
+        cmds = [c for t in _tables(elements) for c in t.skeleton()]
+        run(cmds + [t.element("add", s, e) for t, s, e in elements] + list(extra))
+
+
+def remove_elements(elements: list[Element]) -> None:
+    """Remove elements (absent ones are fine) in one transaction, then drop
+    every touched table that is left empty."""
     if not elements:
         return
-    with _locked():
-        cmds = skeleton()
-        for e in elements:
-            cmds.append(_element_cmd("add", *e))
-            cmds.append(_element_cmd("delete", *e))
+    with locked():
+        tables = _tables(elements)
+        cmds = [c for t in tables for c in t.skeleton()]
+        for t, s, e in elements:
+            cmds += [t.element("add", s, e), t.element("delete", s, e)]
         run(cmds)
-        if not any(_elements().values()):
-            run([{"delete": {"table": {"family": f, "name": TABLE}}} for f in ("inet", "bridge")])
+        empty = [t for t in tables if not any(t.elements().values())]
+        if empty:
+            run([{"delete": {"table": {"family": t.family, "name": t.name}}} for t in empty])
 
 
-def _elements() -> dict[tuple[str, str], list]:
-    """Every element of our sets; {} without our tables.  One listing per
-    table (libnftables 1.0.6 answers only the first of several list
-    commands in one batch)."""
-    found = {}
-    for family in ("inet", "bridge"):
-        rc, output, _ = _nft().json_cmd({"nftables": [{"list": {"table": {"family": family, "name": TABLE}}}]})
-        for item in output.get("nftables", []) if rc == 0 else []:
-            if "set" in item:
-                found[(family, item["set"]["name"])] = item["set"].get("elem", [])
-    return found
-
-
-def all_elements() -> dict[tuple[str, str], list]:
-    """Every element of our sets, for GC and tests."""
-    with _locked():
-        return _elements()
+def elements_of(table: Table) -> dict[str, list]:
+    with locked():
+        return table.elements()

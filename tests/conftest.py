@@ -101,9 +101,10 @@ def subnet24():
 
 
 @pytest.fixture
-def net(bridge_name, state_dirs, tmp_path):
-    """A bridge network config with a private dataDir and unique subnet; the
-    nft tables are checked empty at teardown by the tests that need it."""
+def net(bin_dir, bridge_name, state_dirs, tmp_path):
+    """A bridge network config with a private dataDir and unique subnet.
+    Teardown runs our GC with no valid attachment, so whatever a failed test
+    left (records, nft elements, addresses) goes before the bridge does."""
     v4 = subnet24()
     conf = {
         "cniVersion": "1.0.0", "name": unique("net"), "type": "bridge", "bridge": bridge_name,
@@ -111,7 +112,9 @@ def net(bridge_name, state_dirs, tmp_path):
         "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
                  "ranges": [[{"subnet": v4}]]},
     }
-    return conf
+    yield conf
+    exec_plugin(bin_dir, "bridge", "GC", {**conf, "cniVersion": "1.1.0", "cni.dev/valid-attachments": []},
+                extra_env={"PYCNI_NO_AGENT": "1"})
 
 
 def data_files(conf):

@@ -291,19 +291,23 @@ def test_loopback_brings_lo_up(bin_dir, state_dirs, make_netns):
 
 # --- side by side with the reference plugins -------------------------------------------
 @pytest.mark.skipif(not os.path.exists(f"{REFERENCE_BIN}/portmap"), reason="reference plugins not installed")
-def test_reference_portmap_accepts_our_result_as_prev_result(bin_dir, net, netns):
-    rc, res = add(bin_dir, net, netns)
+def test_reference_portmap_accepts_our_result_as_prev_result(bin_dir, net, make_netns):
+    """Both run inside a private host netns, as on a node: the reference
+    portmap's iptables chains stay out of this machine's own ruleset."""
+    host, pod = make_netns(), make_netns()
+    in_host = ("ip", "netns", "exec", host)
+    rc, res = add(bin_dir, net, pod, prefix=in_host)
     assert rc == 0, res
     host_port = random.randint(20000, 30000)
     pm = {"cniVersion": "1.0.0", "name": net["name"], "type": "portmap", "prevResult": res,
           "runtimeConfig": {"portMappings": [{"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]}}
     path = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # the reference portmap execs iptables
-    rc, out = exec_plugin(REFERENCE_BIN, "portmap", "ADD", pm, netns=f"/run/netns/{netns}", extra_env=path)
-    try:
-        assert rc == 0, out
-        assert out["ips"] == res["ips"]
-        assert str(host_port) in ruleset()
-    finally:
-        rc, out = exec_plugin(REFERENCE_BIN, "portmap", "DEL", pm, netns=f"/run/netns/{netns}", extra_env=path)
-        assert rc == 0, out
-        assert delete(bin_dir, net, netns)[0] == 0
+    rc, out = exec_plugin(REFERENCE_BIN, "portmap", "ADD", pm, netns=f"/run/netns/{pod}", extra_env=path,
+                          prefix=in_host)
+    assert rc == 0, out
+    assert out["ips"] == res["ips"]
+    assert str(host_port) in run(*in_host, "nft", "list", "ruleset").stdout
+    rc, out = exec_plugin(REFERENCE_BIN, "portmap", "DEL", pm, netns=f"/run/netns/{pod}", extra_env=path,
+                          prefix=in_host)
+    assert rc == 0, out
+    assert delete(bin_dir, net, pod, prefix=in_host)[0] == 0
