@@ -31,7 +31,12 @@ def _ns_inode(pid: int | str, kind: str) -> int:
 class Agent:
     def __init__(self, address: str | None = None, workers: int = 64):
         self.address = agent_client.address(address or os.environ.get("PYCNI_AGENT_SOCKET"))
-        self.modules = {name: importlib.import_module(module) for name, module in PLUGINS.items()}
+        self.modules = {}
+        for name, module in PLUGINS.items():
+            try:
+                self.modules[name] = importlib.import_module(module)
+            except ImportError as e:  # its executables then work alone
+                log.error("cannot serve %s: %s", name, e)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="pycni-req")
         self.own_ns = {kind: _ns_inode("self", kind) for kind in ("net", "mnt")}
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

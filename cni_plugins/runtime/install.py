@@ -14,6 +14,11 @@ PLUGINS = {
     "bridge": "cni_plugins.bridge",
     "loopback": "cni_plugins.loopback",
     "host-local": "ipam.host_local",
+    "portmap": "cni_plugins.portmap",
+    "firewall": "cni_plugins.firewall",
+    "tuning": "cni_plugins.tuning",
+    "bandwidth": "cni_plugins.bandwidth",
+    "dnsname": "cni_plugins.dnsname",
 }
 
 _TEMPLATE = """#!{python} -IS
