@@ -178,7 +178,7 @@ def ensure_bridge(nl: Netlink, cfg: BridgeConfig, vlan_filtering: bool) -> netli
     link = nl.link(cfg.bridge)
     if link is None:
         try:
-            nl.create_bridge(cfg.bridge, cfg.mtu, vlan_filtering)
+            nl.create_bridge(cfg.bridge, cfg.mtu, vlan_filtering, mac=random_mac())
         except NetlinkError as e:
             if e.errno == errno.EOPNOTSUPP and vlan_filtering:
                 raise CNIError(KERNEL_FAILURE, "bridge: vlan/vlanTrunk need bridge VLAN filtering, "

@@ -202,12 +202,16 @@ class Netlink:
     def links(self) -> list[Link]:
         return [Link(p) for p in self.request(RTM_GETLINK, F_DUMP, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))]
 
-    def create_bridge(self, name: str, mtu: int = 0, vlan_filtering: bool = False) -> None:
+    def create_bridge(self, name: str, mtu: int = 0, vlan_filtering: bool = False, mac: str = "") -> None:
+        """A bridge given a MAC keeps it; without one it takes its lowest
+        port's, which changes as containers come and go."""
         data = [attr_u8(IFLA_BR_VLAN_FILTERING, 1)] if vlan_filtering else []
         attrs = [attr_str(IFLA_IFNAME, name),
                  nested(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "bridge"), nested(IFLA_INFO_DATA, *data))]
         if mtu:
             attrs.append(attr_u32(IFLA_MTU, mtu))
+        if mac:
+            attrs.append(attr(IFLA_ADDRESS, mac_bytes(mac)))
         self.request(RTM_NEWLINK, F_CREATE | F_EXCL, _IFINFO.pack(0, 0, 0, 0, 0) + b"".join(attrs))
 
     def set_bridge_vlan_filtering(self, index: int, on: bool) -> None:

@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import version
-from .errors import CNIError, IO_FAILURE, UNSUPPORTED_FIELD
+from .errors import CNIError, IO_FAILURE
 
 # Unexpected exceptions map to this code so that the runtime still gets JSON.
 _GENERIC = 999
@@ -37,11 +37,9 @@ def handle(plugin, environ, stdin: bytes) -> tuple[int, dict | None]:
             plugin.check(req)
             return 0, None
         handler = getattr(plugin, req.command.lower(), None)
-        if handler is None:
-            if req.command == "STATUS":
-                return 0, None  # nothing to be unready about
-            raise CNIError(UNSUPPORTED_FIELD, f"{req.command} is not supported by this plugin")
-        handler(req)
+        if handler is not None:
+            handler(req)
+        # without a handler: nothing to be unready about, nothing to collect
         return 0, None
     except CNIError as e:
         error = e

@@ -19,20 +19,6 @@ BROKEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "broken_plugin
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
-# Failures of our own plugins the suite found and that are fixed outside the
-# conformance package (cni_plugins/); a check listed here may fail, any other
-# must pass.  Remove an entry once its fix lands.
-KNOWN_OURS = {
-    # The bridge does not pin its own MAC: a Linux bridge then takes the
-    # lowest port MAC, so the bridge MAC reported by earlier ADDs goes stale
-    # as later containers join (the reference sets the MAC explicitly).
-    ("bridge", "concurrency"): "bridge MAC not pinned (cni_plugins/bridge.py ensure_bridge)",
-    # skel answers GC with code 2 for plugins without a gc(); a 1.1.0
-    # plugin with nothing to collect should simply succeed, as for STATUS.
-    ("loopback", "gc"): "skel rejects GC for plugins without gc() (cni_plugins/skel.py)",
-}
-
-
 def config(name, versions=None):
     cfg = SuiteConfig.load(os.path.join(CONFIGS, f"{name}.yaml"))
     if versions:
@@ -64,12 +50,11 @@ def test_ours_pass_every_applicable_check(our_bin, name):
     report = run_suite(our_bin, config(name), label="pycni")
     results = by_id(report)
     assert report.versions == ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
-    unexpected = [f"{o.id}: {o.evidence}" for o in report.failed if (name, o.base) not in KNOWN_OURS]
-    assert not unexpected, "\n".join(unexpected)
+    failed = [f"{o.id}: {o.evidence}" for o in report.failed]
+    assert not failed, "\n".join(failed)
     # 1.1.0 is claimed, so GC and STATUS are exercised, not skipped
     assert results["status"].status == PASS
-    if (name, "gc") not in KNOWN_OURS:
-        assert results["gc"].status == PASS
+    assert results["gc"].status == PASS
     assert results["check@0.3.0"].status == NA  # CHECK came with 0.4.0
     assert not report.forced_cleanup, report.forced_cleanup
 

@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("install", help="write the plugin executables into a CNI bin dir")
     s.add_argument("--bin-dir", required=True, help="target directory, e.g. /opt/cni/bin")
     s.set_defaults(func=cmd_install)
+    sub.add_parser("conformance", help="check plugin binaries against the CNI spec "
+                   "(`pycni conformance --help`)", add_help=False)
     s = sub.add_parser("agent", help="run the node agent in the foreground",
                        description="Serve the installed plugins' requests with warm modules and handles. "
                                    "Plugins find it on the abstract socket @pycni-agent of their network "
@@ -201,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["conformance"]:
+        # its options are its own (argparse's REMAINDER would take them for ours)
+        from conformance import cli
+
+        sys.exit(cli.main(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
