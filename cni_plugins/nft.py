@@ -162,10 +162,15 @@ def remove_elements(elements: list[Element]) -> None:
         return
     with locked():
         tables = _tables(elements)
-        cmds = [c for t in tables for c in t.skeleton()]
+        cmds = []
         for t, s, e in elements:
             cmds += [t.element("add", s, e), t.element("delete", s, e)]
-        run(cmds)
+        # Usually the tables are there and this is all; if a table is gone,
+        # declare the skeleton so the same commands apply (and it is dropped
+        # again below as empty).
+        rc, _, _ = _nft().json_cmd({"nftables": cmds})
+        if rc != 0:
+            run([c for t in tables for c in t.skeleton()] + cmds)
         empty = [t for t in tables if not any(t.elements().values())]
         if empty:
             run([{"delete": {"table": {"family": t.family, "name": t.name}}} for t in empty])

@@ -263,6 +263,8 @@ def test_clashing_interface_is_refused_and_the_address_released(bin_dir, net, ne
     rc, out = add(bin_dir, net, netns)
     assert rc != 0 and out["code"] == 102 and "eth0" in out["msg"]
     assert data_files(net) == [] and host_veths(net["bridge"]) == []
+    # the rollback removed only what it made: the container's own eth0 stays
+    assert run("ip", "-n", netns, "link", "show", "eth0", check=False).returncode == 0
     assert not in_ruleset(net)
 
 
