@@ -313,3 +313,21 @@ def test_reference_portmap_accepts_our_result_as_prev_result(bin_dir, net, make_
                           prefix=in_host)
     assert rc == 0, out
     assert delete(bin_dir, net, pod, prefix=in_host)[0] == 0
+
+
+def test_ipam_plugin_that_is_not_ours_is_executed_and_its_errors_passed_on(bin_dir, net, make_netns):
+    """With the reference host-local first in CNI_PATH, our bridge execs it
+    (the spec's delegation) instead of running ours in-process."""
+    base = net["ipam"]["ranges"][0][0]["subnet"].rsplit(".", 1)[0]
+    net["ipam"]["ranges"][0][0].update({"rangeStart": f"{base}.20", "rangeEnd": f"{base}.20"})
+    a, b = make_netns(), make_netns()
+    path = f"{REFERENCE_BIN}:{bin_dir}"
+    rc, res = add(bin_dir, net, a, "ca", path=path)
+    assert rc == 0, res
+    assert res["ips"][0]["address"] == f"{base}.20/24" and ping(a, res["ips"][0]["gateway"])
+    assert data_files(net) == [f"{base}.20"]
+    rc, out = add(bin_dir, net, b, "cb", path=path)
+    assert rc != 0 and "no IP addresses available" in out["msg"]
+    assert len(host_veths(net["bridge"])) == 1
+    assert delete(bin_dir, net, a, "ca", path=path) == (0, None)
+    assert data_files(net) == [] and host_veths(net["bridge"]) == []
