@@ -32,6 +32,8 @@ IFLA_BRIDGE_VLAN_INFO = 2
 BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 0x2, 0x4
 BRIDGE_VLAN_INFO_RANGE_BEGIN, BRIDGE_VLAN_INFO_RANGE_END = 0x8, 0x10
 IFF_UP, IFF_PROMISC = 0x1, 0x100
+IFF_ALLMULTI = 0x200
+IFLA_LINK, IFLA_TXQLEN = 5, 13
 
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
 IFA_F_NODAD = 0x2
@@ -121,6 +123,25 @@ class Link:
     @property
     def up(self) -> bool:
         return bool(self.flags & IFF_UP)
+
+    @property
+    def promisc(self) -> bool:
+        return bool(self.flags & IFF_PROMISC)
+
+    @property
+    def allmulti(self) -> bool:
+        return bool(self.flags & IFF_ALLMULTI)
+
+    @property
+    def txqlen(self) -> int:
+        raw = self.attrs.get(IFLA_TXQLEN)
+        return struct.unpack("=I", raw)[0] if raw else 0
+
+    @property
+    def peer_index(self) -> int:
+        """IFLA_LINK: for a veth, its peer's ifindex (in the peer's netns)."""
+        raw = self.attrs.get(IFLA_LINK)
+        return struct.unpack("=I", raw)[0] if raw else 0
 
 
 class Netlink:
@@ -250,6 +271,29 @@ class Netlink:
         if mtu:
             attrs += attr_u32(IFLA_MTU, mtu)
         self.request(RTM_NEWLINK, 0, _IFINFO.pack(0, 0, index, flags, change) + attrs)
+
+    def set_link_attrs(self, index: int, *, mac: str = "", txqlen: int | None = None,
+                       allmulti: bool | None = None) -> None:
+        """What set_link leaves out: MAC address, tx queue length, all-multicast."""
+        flags = change = 0
+        if allmulti is not None:
+            change |= IFF_ALLMULTI
+            flags |= IFF_ALLMULTI if allmulti else 0
+        attrs = b""
+        if mac:
+            attrs += attr(IFLA_ADDRESS, mac_bytes(mac))
+        if txqlen is not None:
+            attrs += attr_u32(IFLA_TXQLEN, txqlen)
+        self.request(RTM_NEWLINK, 0, _IFINFO.pack(0, 0, index, flags, change) + attrs)
+
+    def create_ifb(self, name: str, mtu: int = 0, txqlen: int | None = None) -> None:
+        """An Intermediate Functional Block device (tc redirects traffic into it)."""
+        attrs = [attr_str(IFLA_IFNAME, name), nested(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "ifb"))]
+        if mtu:
+            attrs.append(attr_u32(IFLA_MTU, mtu))
+        if txqlen is not None:
+            attrs.append(attr_u32(IFLA_TXQLEN, txqlen))
+        self.request(RTM_NEWLINK, F_CREATE | F_EXCL, _IFINFO.pack(0, 0, 0, 0, 0) + b"".join(attrs))
 
     def set_bridge_port(self, index: int, *, hairpin: bool | None = None,
                         isolated: bool | None = None) -> None:
