@@ -18,11 +18,11 @@ tc messages are ours (tc.py), standard library only.
 """
 import errno
 import os
-from dataclasses import dataclass
 
 from . import netns, tc
 from .errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS, UNKNOWN_CONTAINER
 from .netlink import Netlink, NetlinkError
+from .plain import plain
 from .request import Request
 from .state import RecordStore
 
@@ -31,7 +31,7 @@ _KEYS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst")
 
 
 # --- config -------------------------------------------------------------------
-@dataclass
+@plain
 class Limits:
     ingress_rate: int = 0   # bits/s
     ingress_burst: int = 0  # bits

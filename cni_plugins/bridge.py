@@ -10,19 +10,19 @@ import _thread
 import errno
 import ipaddress
 import os
-from dataclasses import dataclass, field
 
 from . import ipam, netlink, netns, nft
 from .bridge_nft import masq_elements, spoofchk_elements
 from .errors import (CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS,
                      UNKNOWN_CONTAINER)
 from .netlink import Netlink, NetlinkError
+from .plain import plain
 from .request import Request
 from .state import RecordStore
 
 
 # --- config -------------------------------------------------------------------
-@dataclass
+@plain
 class BridgeConfig:
     network: str
     bridge: str = "cni0"
@@ -34,14 +34,14 @@ class BridgeConfig:
     hairpin: bool = False
     promisc: bool = False
     vlan: int = 0
-    vlan_trunk: list[tuple[int, int]] = field(default_factory=list)
+    vlan_trunk: list[tuple[int, int]] = []
     preserve_default_vlan: bool = True
     macspoofchk: bool = False
     enable_dad: bool = False
     disable_container_interface: bool = False
     port_isolation: bool = False
     mac: str = ""
-    dns: dict = field(default_factory=dict)
+    dns: dict = {}
 
 
 def _typed(conf: dict, key: str, kind, default):
@@ -107,7 +107,7 @@ def parse_config(req: Request) -> BridgeConfig:
 
 
 # --- plan ---------------------------------------------------------------------
-@dataclass
+@plain
 class Plan:
     bridge: str
     vlan_filtering: bool

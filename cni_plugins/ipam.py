@@ -5,13 +5,12 @@ with the same environment and stdin.  When the binary found there is our own
 host-local, it runs in-process instead (same code, same files, same locking)
 to save an interpreter start on every container start.
 """
-import dataclasses
 import json
 import os
-import subprocess
 
 from . import version
 from .errors import CNIError, INVALID_CONFIG, IO_FAILURE
+from .plain import replace
 from .request import Request
 from .state import request_environ
 
@@ -53,7 +52,7 @@ def run(req: Request, command: str) -> dict | None:
     binary = _find(req, plugin_type)
     module = _in_process_module(binary, plugin_type)
     if module is not None:
-        sub = dataclasses.replace(req, command=command)
+        sub = replace(req, command=command)
         handler = {"ADD": "add", "DEL": "delete", "CHECK": "check", "GC": "gc", "STATUS": "status"}[command]
         fn = getattr(module, handler, None)
         return fn(sub) if fn else None
@@ -61,6 +60,8 @@ def run(req: Request, command: str) -> dict | None:
     env = dict(request_environ.get(os.environ))
     env.update({"CNI_COMMAND": command, "CNI_CONTAINERID": req.container_id, "CNI_NETNS": req.netns,
                 "CNI_IFNAME": req.ifname, "CNI_PATH": os.pathsep.join(req.path)})
+    import subprocess
+
     proc = subprocess.run([binary], input=req.raw_config, env=env, capture_output=True)
     out = proc.stdout.strip()
     parsed = None

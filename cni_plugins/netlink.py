@@ -8,7 +8,7 @@ container start.  Tests observe the kernel with pyroute2 and iproute2.
 import errno
 import ipaddress
 import os
-import socket
+import _socket as socket  # not `socket`: it imports selectors and enum at start-up
 import struct
 
 # Message types and flags (linux/netlink.h, linux/rtnetlink.h).

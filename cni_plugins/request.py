@@ -2,9 +2,9 @@
 import json
 import os
 import re
-from dataclasses import dataclass, field
 
 from . import version
+from .plain import plain
 from .errors import CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
@@ -22,7 +22,7 @@ _SINCE = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
 _CONTAINER_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 
 
-@dataclass
+@plain
 class Request:
     command: str
     config: dict
@@ -30,8 +30,8 @@ class Request:
     container_id: str = ""
     netns: str = ""
     ifname: str = ""
-    path: list[str] = field(default_factory=list)
-    args: dict[str, str] = field(default_factory=dict)
+    path: list[str] = []
+    args: dict[str, str] = {}
     raw_config: bytes = b""
 
     @property

@@ -9,7 +9,7 @@ Times are in the kernel's psched ticks: 64 ns each on every kernel since
 2.6.x (PSCHED_SHIFT 6, /proc/net/psched reads 1000 / 64 / 1000000).
 """
 import errno
-import socket
+import _socket as socket  # not `socket`: it imports selectors and enum at start-up
 import struct
 
 from .netlink import F_CREATE, F_DUMP, F_EXCL, Netlink, NetlinkError, _cstr, attr, attr_str, nested, parse_attrs

@@ -11,11 +11,11 @@ touched; DEL restores them, CHECK compares the kernel with the config.
 import json
 import os
 import re
-from dataclasses import dataclass, field
 
 from . import netlink, netns
 from .errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, UNKNOWN_CONTAINER
 from .netlink import Netlink, NetlinkError
+from .plain import plain
 from .request import Request
 from .state import RecordStore
 
@@ -24,10 +24,10 @@ _UNSET = object()
 
 
 # --- config -------------------------------------------------------------------
-@dataclass
+@plain
 class TuningConfig:
     network: str
-    sysctl: dict[str, str] = field(default_factory=dict)   # key as given -> value
+    sysctl: dict[str, str] = {}   # key as given -> value
     mac: str = ""
     mtu: int = 0
     promisc: bool | None = None
