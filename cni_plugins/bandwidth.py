@@ -270,11 +270,5 @@ def check(req: Request) -> None:
 
 def gc(req: Request) -> None:
     """Undo every recorded attachment not in valid-attachments."""
-    valid = {(a.get("containerID"), a.get("ifname")) for a in req.config.get("cni.dev/valid-attachments") or []}
-    store = _store(req)
     with Netlink() as host:
-        for record in store.all():
-            key = (record.get("containerID"), record.get("ifname"))
-            if key not in valid:
-                undo(host, record)
-                store.remove(*key)
+        _store(req).collect(req.config, lambda record: undo(host, record))

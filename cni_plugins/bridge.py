@@ -445,13 +445,7 @@ def check(req: Request) -> None:
 def gc(req: Request) -> None:
     """Remove host-side state of every attachment not in valid-attachments,
     then let IPAM release their addresses."""
-    valid = {(a.get("containerID"), a.get("ifname")) for a in req.config.get("cni.dev/valid-attachments") or []}
-    store = _store(req)
-    for record in store.all():
-        key = (record.get("containerID"), record.get("ifname"))
-        if key not in valid:
-            undo(record)
-            store.remove(*key)
+    _store(req).collect(req.config, undo)
     ipam.run(req, "GC")
 
 

@@ -145,10 +145,11 @@ class Link:
 
 
 class Netlink:
-    """One NETLINK_ROUTE socket, bound to the netns it was opened in."""
+    """One netlink socket (NETLINK_ROUTE unless told otherwise), bound to
+    the netns it was opened in."""
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    def __init__(self, protocol: int = 0):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         try:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)

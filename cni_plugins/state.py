@@ -63,6 +63,18 @@ class RecordStore:
         except FileNotFoundError:
             pass
 
+    def collect(self, config: dict, undo=None) -> list[dict]:
+        """GC: undo (when given) and forget every recorded attachment that the
+        config's cni.dev/valid-attachments does not list.  Returns them."""
+        valid = {(a.get("containerID"), a.get("ifname"))
+                 for a in config.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)}
+        stale = [r for r in self.all() if (r.get("containerID"), r.get("ifname")) not in valid]
+        for record in stale:
+            if undo is not None:
+                undo(record)
+            self.remove(record.get("containerID"), record.get("ifname"))
+        return stale
+
     def all(self) -> list[dict]:
         try:
             names = os.listdir(self.dir)

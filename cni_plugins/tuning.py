@@ -376,9 +376,4 @@ def check(req: Request) -> None:
 def gc(req: Request) -> None:
     """Forget records of attachments the runtime no longer has (their
     containers, and so what we changed, are gone)."""
-    valid = {(a.get("containerID"), a.get("ifname")) for a in req.config.get("cni.dev/valid-attachments") or []}
-    store = _store(req)
-    for record in store.all():
-        key = (record.get("containerID"), record.get("ifname"))
-        if key not in valid:
-            store.remove(*key)
+    _store(req).collect(req.config)
