@@ -381,7 +381,7 @@ def test_cli_cnitool_compatible(cni_path, host, make_netns, tmp_path, state_dirs
     if out.returncode != 0:  # Debian's portmap CHECK bug, see test_real_chain_add_check_del
         assert "type='portmap' failed (check)" in out.stderr and "ipv6" in json.loads(out.stdout)["msg"]
     assert pycni("status", "clinet", netns=host, env=env).returncode == 0
-    assert "18081" in run("ip", "netns", "exec", host, "iptables-save", "-t", "nat").stdout
+    assert "18081" in run("ip", "netns", "exec", host, "nft", "list", "ruleset").stdout
     # gc naming no attachment keeps this one (it is cached, hence valid)
     assert pycni("gc", "clinet", netns=host, env=env).returncode == 0
     assert addrs_in(pod) == [addr]
@@ -390,7 +390,7 @@ def test_cli_cnitool_compatible(cni_path, host, make_netns, tmp_path, state_dirs
                 env=dict(env, CAP_ARGS=None, CNI_ARGS=None))
     assert out.returncode == 0, out.stderr
     assert addrs_in(pod) is None
-    assert "18081" not in run("ip", "netns", "exec", host, "iptables-save", "-t", "nat", check=False).stdout
+    assert "18081" not in run("ip", "netns", "exec", host, "nft", "list", "ruleset", check=False).stdout
     assert not (cache / "results" / f"clinet-{cid}-eth0").exists()
 
     # errors: unknown network, plugin failure (error JSON on stdout), bad CAP_ARGS

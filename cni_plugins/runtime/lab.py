@@ -17,6 +17,10 @@ A lab file (YAML)::
         # optional: type (bridge), bridge (default "pb-<network>"), isGateway (true),
         # ipMasq (false), mtu, hairpinMode, cniVersion,
         # or plugins: [...] a full CNI plugin list (host-local gets a per-host dataDir)
+        # dns: true appends the dnsname plugin (domain: its domainName, default
+        #   dns.podman): pods resolve each other by name through the resolver on
+        #   the gateway; each pod gets /etc/netns/<pod netns>/resolv.conf from
+        #   the result's dns, which `ip netns exec` (so `lab exec`) mounts
     pods:
       - {name: a, host: node1, network: podnet}          # namespace: default
       - {name: b, namespace: web, host: node1, network: podnet, ifname: eth0}
@@ -88,6 +92,8 @@ SCHEMA: dict[str, dict[str, tuple[tuple, bool]]] = {
         "hairpinMode": (_BOOL, False),
         "cniVersion": (_STR, False),
         "plugins": (_LIST, False),
+        "dns": (_BOOL, False),
+        "domain": (_STR, False),
     },
     "pods": {
         "name": (_STR, True),
@@ -346,7 +352,41 @@ def conflist_for(plan: dict, host: dict, network: dict) -> dict:
     for key in ("mtu", "hairpinMode"):
         if key in network:
             main[key] = network[key]
-    return {"cniVersion": version, "name": network["name"], "plugins": [main]}
+    plugins = [main]
+    if network.get("dns"):
+        plugins.append({"type": "dnsname", "domainName": network.get("domain", "dns.podman"),
+                        "capabilities": {"aliases": True}})
+    return {"cniVersion": version, "name": network["name"], "plugins": plugins}
+
+
+def _write_resolv_conf(pod: dict, result: dict) -> None:
+    """The result's DNS as the pod's resolv.conf (`ip netns exec` mounts it)."""
+    dns = result.get("dns") or {}
+    if not dns.get("nameservers"):
+        return
+    lines = [f"nameserver {ns}" for ns in dns["nameservers"]]
+    if dns.get("search"):
+        lines.append("search " + " ".join(dns["search"]))
+    if dns.get("options"):
+        lines.append("options " + " ".join(dns["options"]))
+    d = os.path.join("/etc/netns", pod["netns"])
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "resolv.conf"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _stop_resolvers(lab_dir: str) -> None:
+    """Resolvers the dnsname plugin left in the lab's hosts (normally the
+    last DEL stops them)."""
+    import glob
+    import signal
+
+    for path in glob.glob(os.path.join(lab_dir, "hosts", "*", "run", "dnsname", "resolver-*.pid")):
+        try:
+            with open(path) as f:
+                os.kill(int(f.read().strip()), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
 
 
 def _cni_for(plan: dict, host: dict) -> libcni.CNIConfig:
@@ -445,6 +485,7 @@ def _up(plan: dict, log) -> None:
         result = cni.add_network_list(confs[pod["network"]], _runtime_conf(pod))
         pod["result"] = result
         pod["ips"] = [ip["address"] for ip in result.get("ips") or []]
+        _write_resolv_conf(pod, result)
         save_state(plan)
         log(f"pod {pod['namespace']}/{pod['name']} on {pod['host']}: {', '.join(pod['ips']) or 'no IPs'}")
 
@@ -478,6 +519,7 @@ def down(name: str, plan: dict | None = None, log=_log) -> int:
                     cni.del_network_list(confs[netname], _runtime_conf(pod, ifname))
                 except (libcni.LibCNIError, OSError) as e:
                     log(f"pod {pod['namespace']}/{pod['name']}: DEL {netname} failed: {e}")
+    _stop_resolvers(lab_dir)
     # every netns of the lab: the planned ones plus any leftover by prefix
     names = []
     if plan is not None:
@@ -488,6 +530,7 @@ def down(name: str, plan: dict | None = None, log=_log) -> int:
     except FileNotFoundError:
         pass
     for ns in names:
+        shutil.rmtree(os.path.join("/etc/netns", ns), ignore_errors=True)
         if netns_exists(ns):
             if _run("ip", "netns", "delete", ns, check=False).returncode != 0:
                 log(f"could not delete netns {ns}")
