@@ -45,6 +45,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -128,6 +129,36 @@ def iptables_rules() -> str:
         if shutil.which(tool):
             out.append(_run(tool).stdout)
     return "\n".join(out)
+
+
+def cni_chains() -> set[tuple[str, str, str]]:
+    """(tool, table, chain) of every iptables chain named CNI-*."""
+    found = set()
+    for tool in ("iptables-save", "ip6tables-save"):
+        if not shutil.which(tool):
+            continue
+        table = None
+        for line in _run(tool).stdout.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":CNI-"):
+                found.add((tool, table, line[1:].split()[0]))
+    return found
+
+
+def remove_cni_chains(chains: set[tuple[str, str, str]]) -> None:
+    """Remove these chains and every rule jumping to them.  The reference
+    portmap and firewall create global chains (CNI-HOSTPORT-*, CNI-FORWARD)
+    that outlive their last container; a test that caused them removes them."""
+    for tool, table, chain in chains:
+        cmd = tool.replace("-save", "")
+        for line in _run(tool, "-t", table).stdout.splitlines():
+            if line.startswith("-A ") and f"-j {chain}" in line:
+                _run(cmd, "-t", table, "-D", *shlex.split(line[3:]))
+    for tool, table, chain in chains:
+        _run(tool.replace("-save", ""), "-t", table, "-F", chain)
+    for tool, table, chain in chains:
+        _run(tool.replace("-save", ""), "-t", table, "-X", chain)
 
 
 def mentions(text: str, addr: str) -> list[str]:
@@ -266,6 +297,7 @@ class PodmanEnv:
     def __post_init__(self):
         # podman refuses a runroot longer than 50 characters, so pytest's
         # tmp_path (/tmp/pytest-of-root/pytest-N/test_name0/...) will not do.
+        self.chains_before = cni_chains()
         self.base = Path(self.base or tempfile.mkdtemp(prefix="pcnipm-", dir="/tmp"))
         if len(str(self.base / "runroot")) > 50:
             raise PodmanError(f"{self.base}/runroot is longer than podman's 50-character limit")
@@ -422,6 +454,7 @@ class PodmanEnv:
 
         for net in self.networks:
             problems += self._network_leftovers(net)
+        remove_cni_chains(cni_chains() - self.chains_before)
 
         self._unmount_and_remove()
         return problems
