@@ -182,11 +182,9 @@ def _store(req: Request) -> RecordStore:
 
 def add(req: Request) -> dict:
     limits = parse_config(req)
-    prev = req.prev_result
     if not (limits.ingress or limits.egress):
-        return prev or {}
-    if prev is None:
-        raise _bad("must be called as a chained plugin (no prevResult)")
+        return req.prev_result or {}
+    prev = req.require_prev_result("bandwidth")
     store = _store(req)
     fd = netns.open_netns(req.netns)
     try:

@@ -270,9 +270,7 @@ def _drop_network_if_empty(netdir: str) -> None:
 
 def add(req: Request) -> dict:
     cfg = parse_config(req)
-    prev = req.prev_result
-    if prev is None:
-        raise CNIError(INVALID_CONFIG, "dnsname: must be called as a chained plugin (no prevResult)")
+    prev = req.require_prev_result("dnsname")
     ips = [ip["address"] for ip in prev.get("ips") or []]
     if not ips:
         raise CNIError(INVALID_CONFIG, "dnsname: prevResult has no IP addresses")

@@ -86,12 +86,6 @@ def parse_config(req: Request) -> dict:
     return {"network": c["name"], "ingressPolicy": policy}
 
 
-def _require_prev(req: Request, what: str) -> dict:
-    prev = req.prev_result
-    if prev is None:
-        raise _bad(f"{what} needs prevResult: run firewall chained after an interface plugin")
-    return prev
-
 
 # --- plan ---------------------------------------------------------------------
 def _host_ifname(host: netlink.Netlink, addr) -> str:
@@ -135,7 +129,7 @@ def _store(req: Request) -> RecordStore:
 
 
 def add(req: Request) -> dict:
-    prev = _require_prev(req, "ADD")
+    prev = req.require_prev_result("firewall")
     elements = make_elements(parse_config(req), prev)
     if elements:
         store = _store(req)
@@ -172,7 +166,7 @@ def delete(req: Request) -> None:
 
 
 def check(req: Request) -> None:
-    prev = _require_prev(req, "CHECK")
+    prev = req.require_prev_result("firewall")
     elements = make_elements(parse_config(req), prev)
     have = nft.elements_of(TABLE)
     for _, s, e in elements:

@@ -234,15 +234,9 @@ def _store(req: Request) -> RecordStore:
     return RecordStore("portmap", req.config["name"])
 
 
-def _require_prev(req: Request, what: str) -> dict:
-    prev = req.prev_result
-    if prev is None:
-        raise _bad(f"{what} needs prevResult: run portmap chained after an interface plugin")
-    return prev
-
 
 def add(req: Request) -> dict:
-    prev = _require_prev(req, "ADD")
+    prev = req.require_prev_result("portmap")
     cfg = parse_config(req)
     plan = make_plan(cfg, prev)
     if plan["elements"]:
@@ -290,7 +284,7 @@ def delete(req: Request) -> None:
 
 
 def check(req: Request) -> None:
-    prev = _require_prev(req, "CHECK")
+    prev = req.require_prev_result("portmap")
     plan = make_plan(parse_config(req), prev)
     missing = [e for e, present in zip(plan["elements"], _present(plan["elements"])) if not present]
     if missing:

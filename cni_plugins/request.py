@@ -38,6 +38,14 @@ class Request:
     def runtime_config(self) -> dict:
         return self.config.get("runtimeConfig") or {}
 
+    def require_prev_result(self, plugin: str) -> dict:
+        """The prevResult a chained plugin cannot work without."""
+        prev = self.prev_result
+        if prev is None:
+            raise CNIError(INVALID_CONFIG, f"{plugin}: {self.command} needs prevResult: chain {plugin} "
+                           "after an interface plugin")
+        return prev
+
     @property
     def prev_result(self) -> dict | None:
         prev = self.config.get("prevResult")

@@ -263,16 +263,10 @@ def _store(req: Request) -> RecordStore:
     return RecordStore("tuning", req.config["name"])
 
 
-def _prev(req: Request, what: str) -> dict:
-    prev = req.prev_result
-    if prev is None:
-        raise _bad(f"{what} needs prevResult: tuning must be chained after an interface plugin")
-    return prev
-
 
 def add(req: Request) -> dict:
     cfg = parse_config(req)
-    prev = _prev(req, "ADD")
+    prev = req.require_prev_result("tuning")
     store = _store(req)
     fd = _enter(req.netns, UNKNOWN_CONTAINER)
     try:
@@ -350,7 +344,7 @@ def delete(req: Request) -> None:
 
 def check(req: Request) -> None:
     cfg = parse_config(req)
-    _prev(req, "CHECK")
+    req.require_prev_result("tuning")
     fd = _enter(req.netns, UNKNOWN_CONTAINER)
     try:
         with netns.entered(fd):

@@ -56,6 +56,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conformance.runner import pick_subnet as conformance_pick_subnet
+
 IMAGE = "localhost/pycni-busybox:e2e"
 BUSYBOX = "/bin/busybox"           # Debian busybox-static
 CNI_DATA_DIR = "/var/lib/cni/networks"   # host-local's default dataDir
@@ -174,27 +176,12 @@ def mentions_subnet(text: str, subnet: ipaddress.IPv4Network) -> list[str]:
 
 
 def pick_subnet() -> ipaddress.IPv4Network:
-    """A 10.2xx.y.0/24 overlapping no address or route on the host."""
-    used = []
-    for cmd in (("ip", "-j", "-4", "route", "show", "table", "all"), ("ip", "-j", "-4", "addr")):
-        try:
-            data = json.loads(_run(*cmd).stdout or "[]")
-        except ValueError:
-            continue
-        for entry in data:
-            dst = entry.get("dst")
-            if dst and dst != "default":
-                try:
-                    used.append(ipaddress.ip_network(dst, strict=False))
-                except ValueError:
-                    pass
-            for a in entry.get("addr_info", []):
-                used.append(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False))
+    """A 10.2xx.y.0/24 overlapping no address or route on the host, and
+    named by no firewall rule (the reference leaves some behind)."""
     rules = nft_ruleset()
-    rng = random.SystemRandom()
-    for _ in range(500):
-        net = ipaddress.ip_network(f"10.{rng.randint(200, 254)}.{rng.randint(0, 255)}.0/24")
-        if not any(net.overlaps(u) for u in used) and not mentions_subnet(rules, net):
+    for _ in range(50):
+        net = conformance_pick_subnet()
+        if not mentions_subnet(rules, net):
             return net
     raise PodmanError("no free 10.2xx.y.0/24 subnet found")
 

@@ -15,13 +15,13 @@ plugins in /usr/lib/cni, so a failure on ours can be compared directly.
 import ipaddress
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
 
 import pytest
 
+from conformance.runner import pick_subnet
 from conftest import REFERENCE_BIN, run, unique
 from go import build_driver
 
@@ -66,31 +66,6 @@ class Driver:
                          f"command: {' '.join(self.cmdline(command, netns, container_id, ifname))}\n"
                          f"conf: {self.conf.read_text()}\nstderr: {err}\nstdout: {out}")
         return out
-
-
-def pick_subnet() -> ipaddress.IPv4Network:
-    """A 10.2xx.x.0/24 not overlapping any address or route on the host."""
-    used = []
-    for cmd in (("ip", "-j", "-4", "route", "show", "table", "all"), ("ip", "-j", "-4", "addr")):
-        try:
-            data = json.loads(run(*cmd).stdout or "[]")
-        except (subprocess.CalledProcessError, ValueError):
-            continue
-        for entry in data:
-            dst = entry.get("dst")
-            if dst and dst != "default":
-                try:
-                    used.append(ipaddress.ip_network(dst, strict=False))
-                except ValueError:
-                    pass
-            for a in entry.get("addr_info", []):
-                used.append(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False))
-    rng = random.SystemRandom()
-    for _ in range(200):
-        net = ipaddress.ip_network(f"10.{rng.randint(200, 254)}.{rng.randint(0, 255)}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return net
-    pytest.fail("no free 10.2xx.x.0/24 subnet found")
 
 
 def host_veths_on(bridge):
