@@ -3,7 +3,7 @@
 Just what the plugins need: links (veth, bridge, bridge-port options, VLANs),
 addresses and routes.  pyroute2 does all of this and more, but importing it
 costs more than a whole ADD is allowed to take, and this module runs on every
-container start.  Tests observe the kernel with pyroute2 and iproute2.
+container start.  Tests observe the kernel independently, with iproute2.
 """
 import errno
 import ipaddress
