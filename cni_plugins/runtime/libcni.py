@@ -91,15 +91,13 @@ class NetworkConfigList:
         return json.loads(self.raw)
 
 
-def _version_key(v: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in v.split("."))
-    except (AttributeError, ValueError):
-        raise LibCNIError(f"invalid cniVersion {v!r}") from None
-
-
 def version_at_least(v: str, other: str) -> bool:
-    return _version_key(v or "0.1.0") >= _version_key(other)
+    """cni_plugins.version.at_least, with a config's missing version taken
+    as 0.1.0 (as libcni does) and a runtime-side error type."""
+    try:
+        return cniversion.at_least(v or "0.1.0", other)
+    except cniversion.CNIError as e:
+        raise LibCNIError(e.msg) from None
 
 
 def conflist_from_bytes(raw: bytes, source: str = "") -> NetworkConfigList:
