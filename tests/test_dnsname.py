@@ -113,6 +113,14 @@ def resolver_pids(state_dirs):
     return pids
 
 
+def exited(pid, seconds=5.0):
+    """Wait up to `seconds` for a process to be gone; True if it is."""
+    deadline = time.time() + seconds
+    while alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)
+
+
 def alive(pid):
     try:
         os.kill(pid, 0)
@@ -275,11 +283,7 @@ def test_del_removes_names_and_last_del_stops_the_resolver(bin_dir, node, make_n
     assert short(a, net.gw4, "beta") == []
     assert alive(pid)
     net.detach("ca")
-    for _ in range(50):
-        if not alive(pid):
-            break
-        time.sleep(0.1)
-    assert not alive(pid)
+    assert exited(pid)
     left = sorted(os.listdir(os.path.join(str(state_dirs["run"]), "dnsname")))
     assert [f for f in left if not f.endswith(".log")] == ["lock"]
     # and the next ADD starts a new one
@@ -309,11 +313,7 @@ def test_one_resolver_serves_two_networks(bin_dir, node, make_netns, tmp_path, s
     assert run("ip", "netns", "exec", node, "ss", "-Hlun", "sport", "53").stdout.count(":53") == 2  # v4 + v6
     n2.detach("cb")
     n2.detach("cc")
-    for _ in range(50):
-        if not alive(pid):
-            break
-        time.sleep(0.1)
-    assert not alive(pid)
+    assert exited(pid)
 
 
 QUERY_LOOP = """
@@ -409,11 +409,7 @@ def test_check_gc_and_errors(bin_dir, node, make_netns, tmp_path, state_dirs):
     [pid] = resolver_pids(state_dirs)
     rc, out = net._exec("dnsname", "GC", {**net.dns, "cniVersion": "1.1.0", "cni.dev/valid-attachments": []}, None, "")
     assert rc == 0, out
-    for _ in range(50):
-        if not alive(pid):
-            break
-        time.sleep(0.1)
-    assert not alive(pid)
+    assert exited(pid)
     rc, out = net._exec("dnsname", "DEL", {**net.dns, "prevResult": res}, a, "ca")  # nothing left: still fine
     assert rc == 0, out
     net._exec("bridge", "DEL", {**net.bridge, "prevResult": res}, a, "ca")
@@ -446,11 +442,7 @@ def test_through_the_agent(bin_dir, node, make_netns, tmp_path, state_dirs, monk
         assert short(a, net.gw4, "beta") == [ip_of(rb)]
         net.detach("cb")
         net.detach("ca")
-        for _ in range(50):
-            if not alive(pid):
-                break
-            time.sleep(0.1)
-        assert not alive(pid)
+        assert exited(pid)
     finally:
         agent.terminate()
         agent.wait(10)
