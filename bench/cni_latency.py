@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 from go import build_driver  # noqa: E402
 
-from cni_plugins.runtime.install import install  # noqa: E402
+from pycni.install import install  # noqa: E402
 
 REFERENCE_BIN = "/usr/lib/cni"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # the reference plugins exec iptables
@@ -160,8 +160,8 @@ class Bench:
         code = (
             "import ipaddress, os, statistics, sys, time\n"
             f"sys.path[:0] = [{ROOT!r}]\n"
-            "from cni_plugins import netns\n"
-            "from cni_plugins.netlink import Netlink\n"
+            "from cni_plugins.kernel import netns\n"
+            "from cni_plugins.kernel.netlink import Netlink\n"
             f"pod = os.open('/run/netns/{pod}', os.O_RDONLY)\n"
             "nl, times = Netlink(), []\n"
             "nl.create_bridge('pbvtbr')\n"

@@ -58,7 +58,7 @@ class Servers:
         self.start_aardvark()
 
     def start_pycni(self):
-        from cni_plugins import dnsname
+        from cni_plugins.dnsname import plugin as dnsname
 
         base = os.path.join(self.work, "pycni-run", "dnsname")
         ino = dnsname.netns_inode()

@@ -19,12 +19,12 @@ tc messages are ours (tc.py), standard library only.
 import errno
 import os
 
-from . import netns, tc
-from .errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS, UNKNOWN_CONTAINER
-from .netlink import Netlink, NetlinkError
-from .plain import plain
-from .request import Request
-from .state import RecordStore
+from .kernel import netns, tc
+from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS, UNKNOWN_CONTAINER
+from .kernel.netlink import Netlink, NetlinkError
+from .core.plain import plain
+from .core.request import Request
+from .core.records import RecordStore
 
 IFB_PREFIX, IFNAME_MAX = "bwp", 15
 _KEYS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst")

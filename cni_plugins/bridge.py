@@ -11,14 +11,15 @@ import errno
 import ipaddress
 import os
 
-from . import ipam, netlink, netns, nft
+from .core import delegate as ipam
+from .kernel import netlink, netns, nft
 from .bridge_nft import masq_elements, spoofchk_elements
-from .errors import (CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS,
+from .core.errors import (CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS,
                      UNKNOWN_CONTAINER)
-from .netlink import Netlink, NetlinkError
-from .plain import plain
-from .request import Request
-from .state import RecordStore
+from .kernel.netlink import Netlink, NetlinkError
+from .core.plain import plain
+from .core.request import Request
+from .core.records import RecordStore
 
 
 # --- config -------------------------------------------------------------------

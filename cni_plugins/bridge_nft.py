@@ -1,7 +1,7 @@
 """The bridge plugin's firewall: masquerade and MAC anti-spoofing as set
 elements in static nftables rules (see nft.py)."""
-from . import nft
-from .nft import RETURN, concat, match, meta, payload, prefix
+from .kernel import nft
+from .kernel.nft import RETURN, concat, match, meta, payload, prefix
 
 
 def _masq_rules(ip: str, saddr_set: str, exempt_set: str, multicast: str):

@@ -29,11 +29,11 @@ compatibility; we always use nftables.  ``iptablesAdminChainName`` and
 import ipaddress
 import _socket as socket  # not `socket`: it imports selectors and enum at start-up
 
-from . import netlink, nft
-from .errors import CHECK_FAILED, CNIError, INVALID_CONFIG
-from .nft import concat, match, meta, payload
-from .request import Request
-from .state import RecordStore
+from .kernel import netlink, nft
+from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG
+from .kernel.nft import concat, match, meta, payload
+from .core.request import Request
+from .core.records import RecordStore
 
 _ACCEPT, _DROP = {"accept": None}, {"drop": None}
 _EST = match({"ct": {"key": "state"}}, ["established", "related"], op="in")

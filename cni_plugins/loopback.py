@@ -2,10 +2,10 @@
 import ipaddress
 import os
 
-from . import netns
-from .errors import CHECK_FAILED, CNIError, INVALID_ENV, UNKNOWN_CONTAINER
-from .netlink import Netlink
-from .request import Request
+from .kernel import netns
+from .core.errors import CHECK_FAILED, CNIError, INVALID_ENV, UNKNOWN_CONTAINER
+from .kernel.netlink import Netlink
+from .core.request import Request
 
 
 def _lo(netns_path: str, code: int):

@@ -27,11 +27,11 @@ import json
 import _socket as socket  # not `socket`: it imports selectors and enum at start-up
 import sys
 
-from . import netlink, netns, nft
-from .errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE
+from .kernel import netlink, netns, nft
+from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE
 from .portmap_nft import PROTOCOLS, TABLE, flush_conntrack, map_key, mapping_elements
-from .request import Request
-from .state import RecordStore
+from .core.request import Request
+from .core.records import RecordStore
 
 
 # --- config -------------------------------------------------------------------

@@ -23,9 +23,9 @@ import ipaddress
 import _socket as socket  # not `socket`: it imports selectors and enum at start-up
 import struct
 
-from . import nft
-from .netlink import F_DUMP, NLA_F_NESTED, Netlink, attr, parse_attrs
-from .nft import concat, match, meta, payload, prefix
+from .kernel import nft
+from .kernel.netlink import F_DUMP, NLA_F_NESTED, Netlink, attr, parse_attrs
+from .kernel.nft import concat, match, meta, payload, prefix
 
 PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
 

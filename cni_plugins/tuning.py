@@ -12,12 +12,12 @@ import json
 import os
 import re
 
-from . import netlink, netns
-from .errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, UNKNOWN_CONTAINER
-from .netlink import Netlink, NetlinkError
-from .plain import plain
-from .request import Request
-from .state import RecordStore
+from .kernel import netlink, netns
+from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, UNKNOWN_CONTAINER
+from .kernel.netlink import Netlink, NetlinkError
+from .core.plain import plain
+from .core.request import Request
+from .core.records import RecordStore
 
 ALLOWLIST = "/etc/cni/tuning/allowlist.conf"
 _UNSET = object()

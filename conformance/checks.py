@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from cni_plugins.version import SUPPORTED
+from cni_plugins.core.version import SUPPORTED
 
 from . import schema
 from .runner import (Sandbox, SuiteConfig, addresses, firewall_text, host_links, ipam_files,

@@ -9,7 +9,7 @@ skip each range's gateway.
 """
 import ipaddress
 
-from cni_plugins.errors import CNIError, INVALID_CONFIG
+from cni_plugins.core.errors import CNIError, INVALID_CONFIG
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 

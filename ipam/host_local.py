@@ -11,7 +11,7 @@ its own Request (IPAM section in ``req.config["ipam"]``, network name in
 """
 import os
 
-from cni_plugins.errors import (
+from cni_plugins.core.errors import (
     CHECK_FAILED, CNIError, INVALID_CONFIG, IO_FAILURE, IPAM_CONFLICT, IPAM_EXHAUSTED, NOT_READY,
 )
 
@@ -106,7 +106,7 @@ def gc_network(data_dir: str, network: str, valid: set[tuple[str, str]]) -> list
         return [str(a) for a in store.release_if_owned(stale)]
 
 
-# -- the plugin interface (see cni_plugins.skel) ----------------------------
+# -- the plugin interface (see cni_plugins.core.skel) ----------------------------
 
 def add(req) -> dict:
     conf = allocator.load(req.config, req.args)

@@ -53,7 +53,7 @@ def state_dirs(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def bin_dir(tmp_path_factory):
-    from cni_plugins.runtime.install import install
+    from pycni.install import install
 
     d = tmp_path_factory.mktemp("bin")
     install(str(d))

@@ -11,7 +11,7 @@ import pytest
 from conformance.checks import FAIL, NA, PASS, run_suite
 from conformance.cli import main as cli_main
 from conformance.runner import SuiteConfig
-from cni_plugins.runtime.install import install, search_path
+from pycni.install import install, search_path
 
 REFERENCE_BIN = "/usr/lib/cni"
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conformance", "configs")

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from cni_plugins import bridge, bridge_nft, skel, version
-from cni_plugins.errors import CNIError
-from cni_plugins.request import from_environment, parse_cni_args
+from cni_plugins import bridge, bridge_nft
+from cni_plugins.core import skel, version
+from cni_plugins.core.errors import CNIError
+from cni_plugins.core.request import from_environment, parse_cni_args
 
 
 class Echo:

@@ -449,7 +449,7 @@ def test_through_the_agent(bin_dir, node, make_netns, tmp_path, state_dirs, monk
 
 
 def test_lab_dns_network(tmp_path, monkeypatch):
-    from cni_plugins.runtime import lab as labmod
+    from pycni import lab as labmod
 
     root = tmp_path / "labs"
     monkeypatch.setenv(labmod.LAB_ROOT_ENV, str(root))
@@ -468,7 +468,7 @@ def test_lab_dns_network(tmp_path, monkeypatch):
           - {{name: a, host: node1, network: podnet}}
           - {{name: b, namespace: web, host: node1, network: podnet}}
         """))
-    pycni = [sys.executable, "-m", "cni_plugins.runtime.cli"]
+    pycni = [sys.executable, "-m", "pycni.cli"]
     try:
         up = run(*pycni, "lab", "up", str(path), check=False)
         assert up.returncode == 0, up.stderr
@@ -501,7 +501,7 @@ def test_wire_format_survives_garbage():
     import random
     import struct
 
-    from cni_plugins import resolver as r
+    from cni_plugins.dnsname import resolver as r
 
     zone = r.Zone("n", {"domain": DOMAIN, "gateways": ["10.0.0.1"]},
                   [{"name": "alpha", "aliases": ["web"], "ips": ["10.0.0.2/24", "fd00::2/64"]}])

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from cni_plugins import netns
+from cni_plugins.kernel import netns
 from cni_plugins.portmap_nft import PROTOCOLS, Conntrack
 from conftest import exec_plugin, run, unique
 

@@ -20,10 +20,10 @@ import textwrap
 import pytest
 
 from conftest import REFERENCE_BIN, run, unique
-from cni_plugins.runtime import lab as labmod
-from cni_plugins.runtime import libcni
+from pycni import lab as labmod
+from pycni import libcni
 
-PYCNI = [sys.executable, "-m", "cni_plugins.runtime.cli"]
+PYCNI = [sys.executable, "-m", "pycni.cli"]
 
 
 def random_subnet() -> str:

@@ -3,7 +3,7 @@ import json
 import os
 import sys
 
-from cni_plugins import skel
+from cni_plugins.core import skel
 
 
 def run(plugin, *, post=None, plain_errors=False):

@@ -3,7 +3,8 @@ fails once the netns is gone.  Caught by: del.missing-netns."""
 import os
 import types
 
-from cni_plugins import bridge, netns
+from cni_plugins import bridge
+from cni_plugins.kernel import netns
 from _base import run
 
 

@@ -43,7 +43,7 @@ import threading
 import time
 from collections import deque
 
-from .dnsname import DEFAULT_DOMAIN, network_records, read_json, resolver_files
+from .plugin import DEFAULT_DOMAIN, network_records, read_json, resolver_files
 
 A, NS, SOA, PTR, AAAA, OPT, ANY = 1, 2, 6, 12, 28, 41, 255
 IN = 1

@@ -37,9 +37,9 @@ import os
 import re
 import sys
 
-from .errors import CHECK_FAILED, CNIError, INVALID_CONFIG, IO_FAILURE
-from .request import Request
-from .state import run_dir, write_atomic
+from ..core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, IO_FAILURE
+from ..core.request import Request
+from ..core.records import run_dir, write_atomic
 
 DEFAULT_DOMAIN = "dns.podman"
 START_TIMEOUT = 10.0
@@ -134,7 +134,10 @@ def control(sock_path: str, command: bytes = b"reload", timeout: float = CONTROL
 
 
 def _package_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The directory holding the cni_plugins package (the resolver runs with -IS)."""
+    import cni_plugins
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(cni_plugins.__file__)))
 
 
 def start_resolver(base: str, ino: int) -> None:
@@ -144,7 +147,7 @@ def start_resolver(base: str, ino: int) -> None:
 
     files = resolver_files(base, ino)
     boot = (f"import sys; sys.path[:0] = {[_package_root()]!r}; "
-            "from cni_plugins.resolver import main; main()")
+            "from cni_plugins.dnsname.resolver import main; main()")
     rfd, wfd = os.pipe()
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     try:
@@ -236,7 +239,7 @@ def _gateways(prev: dict) -> list[str]:
     if not gws:
         # no gateway in the result: the addresses of the (bridge) interface
         # that holds the container's networks, as the reference does
-        from .netlink import Netlink
+        from ..kernel.netlink import Netlink
 
         import ipaddress
 

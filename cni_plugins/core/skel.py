@@ -18,7 +18,7 @@ _GENERIC = 999
 def handle(plugin, environ, stdin: bytes) -> tuple[int, dict | None]:
     """Run one request; return (exit status, JSON to print or None)."""
     from .request import from_environment
-    from .state import request_environ
+    from .records import request_environ
 
     request_environ.set(environ)
     cni_version = "1.1.0"

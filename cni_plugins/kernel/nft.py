@@ -16,7 +16,7 @@ import fcntl
 import os
 from contextlib import contextmanager
 
-from .errors import CNIError, KERNEL_FAILURE
+from ..core.errors import CNIError, KERNEL_FAILURE
 
 
 # --- expression helpers (nftables JSON) ----------------------------------------

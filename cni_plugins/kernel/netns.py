@@ -7,7 +7,7 @@ inside stays bound to that namespace after we switch back; files under
 import os
 from contextlib import contextmanager
 
-from .errors import CNIError, INVALID_ENV
+from ..core.errors import CNIError, INVALID_ENV
 
 CLONE_NEWNET = 0x40000000
 _libc = None

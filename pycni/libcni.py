@@ -32,7 +32,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from .. import version as cniversion
+from cni_plugins.core import version as cniversion
 
 DEFAULT_CACHE_DIR = "/var/lib/cni"
 CACHE_KIND = "cniCacheV1"
@@ -92,7 +92,7 @@ class NetworkConfigList:
 
 
 def version_at_least(v: str, other: str) -> bool:
-    """cni_plugins.version.at_least, with a config's missing version taken
+    """cni_plugins.core.version.at_least, with a config's missing version taken
     as 0.1.0 (as libcni does) and a runtime-side error type."""
     try:
         return cniversion.at_least(v or "0.1.0", other)

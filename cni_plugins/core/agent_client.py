@@ -91,9 +91,7 @@ def delegate(plugin: str) -> None:
 
 
 def _run_locally(plugin: str, stdin: bytes) -> None:
-    import importlib
-
-    from .runtime.install import PLUGINS
+    from .registry import load
     from .skel import main
 
-    main(importlib.import_module(PLUGINS[plugin]), stdin)
+    main(load(plugin), stdin)

@@ -16,8 +16,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import agent_client, skel
-from .runtime.install import PLUGINS
+from cni_plugins.core import agent_client, skel
+from cni_plugins.core.registry import PLUGINS
 
 log = logging.getLogger("pycni.agent")
 SO_PEERCRED = 17
@@ -47,7 +47,7 @@ class Agent:
 
     def _warm(self) -> None:
         """Load what the first request would otherwise pay for."""
-        from . import nft
+        from cni_plugins.kernel import nft
 
         nft._nft()
 

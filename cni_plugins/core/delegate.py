@@ -12,7 +12,7 @@ from . import version
 from .errors import CNIError, INVALID_CONFIG, IO_FAILURE
 from .plain import replace
 from .request import Request
-from .state import request_environ
+from .records import request_environ
 
 _OURS = b"# pycni "  # second line of the executables `pycni install` writes
 _IN_PROCESS = {"host-local": "ipam.host_local"}

@@ -9,25 +9,15 @@ at install time instead.
 import os
 import sys
 
-# plugin type -> module providing add/delete/check
-PLUGINS = {
-    "bridge": "cni_plugins.bridge",
-    "loopback": "cni_plugins.loopback",
-    "host-local": "ipam.host_local",
-    "portmap": "cni_plugins.portmap",
-    "firewall": "cni_plugins.firewall",
-    "tuning": "cni_plugins.tuning",
-    "bandwidth": "cni_plugins.bandwidth",
-    "dnsname": "cni_plugins.dnsname",
-}
+from cni_plugins.core.registry import PLUGINS
 
 _TEMPLATE = """#!{python} -IS
 # pycni {name} plugin, written by `pycni install`.
 import sys
 sys.path[:0] = {paths!r}
-from cni_plugins.agent_client import delegate
+from cni_plugins.core.agent_client import delegate
 delegate({name!r})  # answered by `pycni agent` if one serves this node
-from cni_plugins.skel import main
+from cni_plugins.core.skel import main
 import {module} as plugin
 main(plugin)
 """

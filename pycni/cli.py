@@ -136,7 +136,7 @@ def cmd_lab(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    from .. import agent
+    from . import agent
 
     agent.run(args.socket, verbose=args.verbose)
     return 0
