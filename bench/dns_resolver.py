@@ -58,10 +58,11 @@ class Servers:
         self.start_aardvark()
 
     def start_pycni(self):
-        from cni_plugins.dnsname import plugin as dnsname
+        from cni_plugins.dnsname import control, layout
+        from cni_plugins.kernel.netns import current_inode
 
-        base = os.path.join(self.work, "pycni-run", "dnsname")
-        ino = dnsname.netns_inode()
+        base = layout.base_dir(os.path.join(self.work, "pycni-run"))
+        ino = current_inode()
         netdir = os.path.join(base, NETWORK)
         os.makedirs(netdir)
         with open(os.path.join(netdir, "network.json"), "w") as f:
@@ -70,9 +71,9 @@ class Servers:
             with open(os.path.join(netdir, f"c{i:08d}-eth0.json"), "w") as f:
                 json.dump({"containerID": f"c{i:08d}", "ifname": "eth0", "name": f"c{i}",
                            "aliases": [f"web{i}"], "ips": [f"{container_ip(i)}/16"]}, f)
-        with dnsname.Lock(base):  # the plugin's own start path
-            dnsname.notify(base, ino, start=True)
-        self.pidfiles.append(dnsname.resolver_files(base, ino)["pid"])
+        with layout.Lock(base):  # the plugin's own start path
+            control.notify(base, ino, start=True)
+        self.pidfiles.append(layout.resolver_files(base, ino)["pid"])
 
     def start_dnsmasq(self):
         hosts = os.path.join(self.work, "addnhosts")

@@ -3,23 +3,78 @@
 Config options are the reference plugin's.  Data flows config -> plan ->
 kernel: ``parse_config`` validates, ``make_plan`` turns config and the IPAM
 result into plain data with no side effects, ``apply_plan`` makes it real and
-``undo`` removes an attachment using only our own record of it.  Masquerade
-and MAC anti-spoofing are set elements in our nftables tables (see nft.py).
+``undo`` removes an attachment using only our own record of it.  CHECK
+derives what prevResult promises (``expected_state``, pure) and lists how
+the kernel differs.  Masquerade and MAC anti-spoofing are set elements in
+our nftables tables, declared below.
 """
 import _thread
 import errno
 import ipaddress
 import os
 
-from .core import delegate as ipam
-from .kernel import netlink, netns, nft
-from .bridge_nft import masq_elements, spoofchk_elements
-from .core.errors import (CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS,
-                     UNKNOWN_CONTAINER)
-from .kernel.netlink import Netlink, NetlinkError
+from .core import delegate
+from .core.attachment import commit, release, store_for
+from .core.config import bad_config, typed, unicast_mac
+from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS, UNKNOWN_CONTAINER, \
+    kernel_failure, require_same
 from .core.plain import plain
 from .core.request import Request
-from .core.records import RecordStore
+from .core.sandbox import Sandbox
+from .kernel import netlink, netns, nft
+from .kernel.netlink import Netlink, NetlinkError
+from .kernel.nft import RETURN, concat, match, meta, payload, prefix
+
+PLUGIN = "bridge"
+
+
+# --- firewall: static rules, one set element per container ------------------------
+def _masq_rules(ip: str, saddr_set: str, exempt_set: str, multicast: str):
+    src, dst = payload(ip, "saddr"), payload(ip, "daddr")
+    return [
+        # traffic within the container's own subnet keeps its source
+        [match(concat(src, dst), f"@{exempt_set}"), RETURN],
+        [match(dst, prefix(multicast)), RETURN],
+        [match(src, f"@{saddr_set}"), {"masquerade": None}],
+    ]
+
+
+MASQUERADE = nft.Table("inet", "pycni_bridge", sets={
+    "masq4": {"type": "ipv4_addr"},
+    "masq6": {"type": "ipv6_addr"},
+    "nomasq4": {"type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]},
+    "nomasq6": {"type": ["ipv6_addr", "ipv6_addr"], "flags": ["interval"]},
+}, chains={
+    "postrouting": ({"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
+                    _masq_rules("ip", "masq4", "nomasq4", "224.0.0.0/4")
+                    + _masq_rules("ip6", "masq6", "nomasq6", "ff00::/8")),
+})
+
+SPOOFCHK = nft.Table("bridge", "pycni_bridge", sets={
+    "spoofchk_ports": {"type": "ifname"},
+    "spoofchk_macs": {"type": ["ifname", "ether_addr"]},
+}, chains={
+    "spoofchk": ({"type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}, [
+        [match(concat(meta("iifname"), payload("ether", "saddr")), "@spoofchk_macs"), RETURN],
+        [match(meta("iifname"), "@spoofchk_ports"), {"drop": None}],
+    ]),
+})
+
+
+def masq_elements(address: str, subnet: str) -> list[nft.Element]:
+    """Masquerade one container address for everything outside ``subnet``."""
+    v6 = ":" in address
+    return [
+        (MASQUERADE, "masq6" if v6 else "masq4", address),
+        (MASQUERADE, "nomasq6" if v6 else "nomasq4", concat(address, prefix(subnet))),
+    ]
+
+
+def spoofchk_elements(host_ifname: str, mac: str) -> list[nft.Element]:
+    return [
+        (SPOOFCHK, "spoofchk_ports", host_ifname),
+        (SPOOFCHK, "spoofchk_macs", concat(host_ifname, mac)),
+    ]
 
 
 # --- config -------------------------------------------------------------------
@@ -45,65 +100,53 @@ class BridgeConfig:
     dns: dict = {}
 
 
-def _typed(conf: dict, key: str, kind, default):
-    value = conf.get(key, default)
-    if value is None:
-        return default
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise CNIError(INVALID_CONFIG, f"bridge: {key!r} must be {kind.__name__}, got {value!r}")
-    return value
-
-
 def parse_config(req: Request) -> BridgeConfig:
     c = req.config
+
+    def get(key, kind, default):
+        return typed(PLUGIN, c, key, kind, default)
+
     cfg = BridgeConfig(
         network=c["name"],
-        bridge=_typed(c, "bridge", str, "cni0"),
-        is_gateway=_typed(c, "isGateway", bool, False),
-        is_default_gateway=_typed(c, "isDefaultGateway", bool, False),
-        force_address=_typed(c, "forceAddress", bool, False),
-        ip_masq=_typed(c, "ipMasq", bool, False),
-        mtu=_typed(c, "mtu", int, 0),
-        hairpin=_typed(c, "hairpinMode", bool, False),
-        promisc=_typed(c, "promiscMode", bool, False),
-        vlan=_typed(c, "vlan", int, 0),
-        preserve_default_vlan=_typed(c, "preserveDefaultVlan", bool, True),
-        macspoofchk=_typed(c, "macspoofchk", bool, False),
-        enable_dad=_typed(c, "enabledad", bool, False),
-        disable_container_interface=_typed(c, "disableContainerInterface", bool, False),
-        port_isolation=_typed(c, "portIsolation", bool, False),
-        dns=_typed(c, "dns", dict, {}),
+        bridge=get("bridge", str, "cni0"),
+        is_gateway=get("isGateway", bool, False),
+        is_default_gateway=get("isDefaultGateway", bool, False),
+        force_address=get("forceAddress", bool, False),
+        ip_masq=get("ipMasq", bool, False),
+        mtu=get("mtu", int, 0),
+        hairpin=get("hairpinMode", bool, False),
+        promisc=get("promiscMode", bool, False),
+        vlan=get("vlan", int, 0),
+        preserve_default_vlan=get("preserveDefaultVlan", bool, True),
+        macspoofchk=get("macspoofchk", bool, False),
+        enable_dad=get("enabledad", bool, False),
+        disable_container_interface=get("disableContainerInterface", bool, False),
+        port_isolation=get("portIsolation", bool, False),
+        dns=get("dns", dict, {}),
     )
-    backend = _typed(c, "ipMasqBackend", str, "nftables")
+    backend = get("ipMasqBackend", str, "nftables")
     if backend not in ("nftables", "iptables"):
-        raise CNIError(INVALID_CONFIG, f"bridge: unknown ipMasqBackend {backend!r}")
+        raise bad_config(PLUGIN, f"unknown ipMasqBackend {backend!r}")
     if not cfg.bridge or len(cfg.bridge) > 15:
-        raise CNIError(INVALID_CONFIG, f"bridge: invalid bridge name {cfg.bridge!r}")
+        raise bad_config(PLUGIN, f"invalid bridge name {cfg.bridge!r}")
     if cfg.is_default_gateway:
         cfg.is_gateway = True  # as the reference: a default gateway is a gateway
     if cfg.mtu and not 68 <= cfg.mtu <= 65535:
-        raise CNIError(INVALID_CONFIG, f"bridge: invalid mtu {cfg.mtu}")
+        raise bad_config(PLUGIN, f"invalid mtu {cfg.mtu}")
     if not 0 <= cfg.vlan <= 4094:
-        raise CNIError(INVALID_CONFIG, f"bridge: invalid vlan id {cfg.vlan}")
-    for trunk in _typed(c, "vlanTrunk", list, []):
+        raise bad_config(PLUGIN, f"invalid vlan id {cfg.vlan}")
+    for trunk in get("vlanTrunk", list, []):
         if not isinstance(trunk, dict):
-            raise CNIError(INVALID_CONFIG, "bridge: vlanTrunk entries must be objects")
+            raise bad_config(PLUGIN, "vlanTrunk entries must be objects")
         low, high = trunk.get("minID", trunk.get("id")), trunk.get("maxID", trunk.get("id"))
         if not all(isinstance(v, int) and 1 <= v <= 4094 for v in (low, high)) or low > high:
-            raise CNIError(INVALID_CONFIG, f"bridge: invalid vlanTrunk entry {trunk}")
+            raise bad_config(PLUGIN, f"invalid vlanTrunk entry {trunk}")
         cfg.vlan_trunk.append((low, high))
     if cfg.vlan and cfg.vlan_trunk:
-        raise CNIError(INVALID_CONFIG, "bridge: cannot set vlan and vlanTrunk at the same time")
-    cfg.mac = str(req.runtime_config.get("mac") or req.args.get("MAC") or "")
-    if cfg.mac:
-        try:
-            raw = netlink.mac_bytes(cfg.mac)
-        except ValueError:
-            raw = b""
-        if len(raw) != 6 or raw[0] & 1:
-            raise CNIError(INVALID_CONFIG, f"bridge: invalid unicast MAC {cfg.mac!r}")
-        cfg.mac = netlink.mac_str(raw)
-    ipam.ipam_type(req)
+        raise bad_config(PLUGIN, "cannot set vlan and vlanTrunk at the same time")
+    mac = str(req.runtime_config.get("mac") or req.args.get("MAC") or "")
+    cfg.mac = unicast_mac(PLUGIN, mac) if mac else ""
+    delegate.ipam_type(req)
     return cfg
 
 
@@ -119,7 +162,7 @@ class Plan:
     routes: list[dict]         # {dst: ip_network, gw: ip_address|None, mtu/advmss/priority}
     gateways: list             # addresses for the bridge (ip_interface)
     nft_elements: list
-    result: dict               # internal result, interfaces filled in by apply
+    result: dict               # internal result; apply adds the interfaces
 
 
 def random_mac() -> str:
@@ -171,11 +214,56 @@ def make_plan(cfg: BridgeConfig, req: Request, ipam_result: dict, host_veth: str
     )
 
 
+def record_of(req: Request, cfg: BridgeConfig, plan: Plan) -> dict:
+    """What DEL and GC need to undo the attachment, from our own data."""
+    return {"containerID": req.container_id, "ifname": req.ifname, "netns": req.netns,
+            "bridge": cfg.bridge, "hostVeth": plan.host_veth, "nft": nft.to_record(plan.nft_elements)}
+
+
+def record_from_prev_result(req: Request) -> dict:
+    """Without our record (an attachment made by an older version, or a lost
+    state dir), what the runtime's cached result tells."""
+    record = {"containerID": req.container_id, "ifname": req.ifname, "nft": []}
+    prev = req.prev_result or {}
+    for iface in prev.get("interfaces") or []:
+        if not iface.get("sandbox") and iface.get("name", "").startswith("veth"):
+            record["hostVeth"] = iface["name"]
+    if req.config.get("ipMasq"):
+        for ip in prev.get("ips") or []:
+            iface = ipaddress.ip_interface(ip["address"])
+            record["nft"] += nft.to_record(masq_elements(str(iface.ip), str(iface.network)))
+    return record
+
+
+@plain
+class Expected:
+    """What a prevResult promises about an attachment (CHECK's plan)."""
+    container_ifname: str
+    mac: str
+    addresses: list     # ip_interface
+    routes: list        # {dst: ip_network, gw: ip_address | None, route: as prevResult has it}
+    bridge: str
+    host_veths: list[str]
+
+
+def expected_state(cfg: BridgeConfig, req: Request, prev: dict) -> Expected:
+    interfaces = prev.get("interfaces") or []
+    container = next((i for i in interfaces if i.get("sandbox") and i.get("name") == req.ifname), None)
+    if container is None:
+        raise CNIError(CHECK_FAILED, f"bridge: prevResult lists no interface {req.ifname!r} in a sandbox")
+    return Expected(
+        container_ifname=req.ifname,
+        mac=(container.get("mac") or "").lower(),
+        addresses=[ipaddress.ip_interface(ip["address"]) for ip in prev.get("ips") or []],
+        routes=[{"dst": ipaddress.ip_network(r["dst"], strict=False),
+                 "gw": ipaddress.ip_address(r["gw"]) if r.get("gw") else None, "route": r}
+                for r in prev.get("routes") or []],
+        bridge=cfg.bridge,
+        host_veths=[i["name"] for i in interfaces if not i.get("sandbox") and i.get("name") != cfg.bridge],
+    )
+
+
 # --- kernel -------------------------------------------------------------------
-def _kernel(what: str, e: Exception) -> CNIError:
-    return CNIError(KERNEL_FAILURE, f"bridge: {what}: {e}")
-
-
 def ensure_bridge(nl: Netlink, cfg: BridgeConfig, vlan_filtering: bool) -> netlink.Link:
     link = nl.link(cfg.bridge)
     if link is None:
@@ -186,10 +274,10 @@ def ensure_bridge(nl: Netlink, cfg: BridgeConfig, vlan_filtering: bool) -> netli
                 raise CNIError(KERNEL_FAILURE, "bridge: vlan/vlanTrunk need bridge VLAN filtering, "
                                "which this kernel lacks (CONFIG_BRIDGE_VLAN_FILTERING)") from None
             if e.errno != errno.EEXIST:  # a concurrent ADD may have made it first
-                raise _kernel(f"creating bridge {cfg.bridge}", e)
+                raise kernel_failure(PLUGIN, f"creating bridge {cfg.bridge}", e)
         link = nl.link(cfg.bridge)
     if link.kind != "bridge":
-        raise CNIError(INVALID_CONFIG, f"bridge: {cfg.bridge!r} already exists and is not a bridge")
+        raise bad_config(PLUGIN, f"{cfg.bridge!r} already exists and is not a bridge")
     if vlan_filtering:
         nl.set_bridge_vlan_filtering(link.index, True)
     if not link.up or cfg.promisc:
@@ -206,72 +294,73 @@ def _set_gateways(nl: Netlink, br: netlink.Link, plan: Plan, force: bool) -> Non
                     and not a.ip.is_link_local]
         for old in clashing:
             if not force:
-                raise CNIError(INVALID_CONFIG, f"bridge: {plan.bridge} already has {old} in the "
-                               f"network of gateway {gw}; set forceAddress to replace it")
+                raise bad_config(PLUGIN, f"{plan.bridge} already has {old} in the network of gateway {gw}; "
+                                 "set forceAddress to replace it")
             nl.delete_address(br.index, old)
         try:
             nl.add_address(br.index, gw, nodad=True)
         except NetlinkError as e:
             if e.errno != errno.EEXIST:  # a concurrent ADD added the same gateway
-                raise _kernel(f"adding gateway {gw}", e)
+                raise kernel_failure(PLUGIN, f"adding gateway {gw}", e)
         netns.write_sysctl("net.ipv4.ip_forward" if gw.version == 4 else "net.ipv6.conf.all.forwarding", "1")
 
 
-def apply_plan(cfg: BridgeConfig, plan: Plan, host: Netlink, netns_fd: int, netns_path: str) -> None:
+def _attach_host_side(cfg: BridgeConfig, plan: Plan, host: Netlink, br: netlink.Link, veth: netlink.Link) -> None:
+    host.set_link(veth.index, master=br.index)
+    host.set_bridge_port(veth.index, hairpin=cfg.hairpin or None, isolated=cfg.port_isolation or None)
+    if cfg.vlan:
+        host.bridge_vlan(veth.index, cfg.vlan, pvid=True, untagged=True)
+        if not cfg.preserve_default_vlan:
+            host.bridge_vlan(veth.index, 1, add=False)
+    for low, high in cfg.vlan_trunk:
+        host.bridge_vlan(veth.index, low, last_vid=high)
+    host.set_link(veth.index, up=True)
+    if plan.gateways:
+        if cfg.vlan:
+            # the bridge itself joins the VLAN so its gateway address serves it
+            host.bridge_vlan(br.index, cfg.vlan, pvid=True, untagged=True, self_=True)
+        _set_gateways(host, br, plan, cfg.force_address)
+
+
+def _configure_container_side(cfg: BridgeConfig, plan: Plan, sandbox: Sandbox, link: netlink.Link) -> None:
+    cont = sandbox.nl
+    if any(a.version == 6 for a in plan.addresses) and not cfg.enable_dad:
+        with sandbox.entered():
+            netns.write_sysctl(f"net.ipv6.conf.{plan.container_ifname}.accept_dad", "0")
+    for addr in plan.addresses:
+        cont.add_address(link.index, addr, nodad=not cfg.enable_dad)
+    cont.set_link(link.index, up=True)
+    for r in plan.routes:
+        cont.add_route(r["dst"], r["gw"], link.index, mtu=r["mtu"], advmss=r["advmss"], priority=r["priority"])
+
+
+def apply_plan(cfg: BridgeConfig, plan: Plan, host: Netlink, sandbox: Sandbox) -> dict:
+    """Make the plan real; returns the result with its interfaces."""
     br = ensure_bridge(host, cfg, plan.vlan_filtering)
-    with netns.entered(netns_fd):
-        cont = Netlink()
+    if sandbox.nl.link(plan.container_ifname) is not None:
+        raise CNIError(LINK_EXISTS, f"bridge: container already has an interface named {plan.container_ifname!r}")
     try:
-        if cont.link(plan.container_ifname) is not None:
-            raise CNIError(LINK_EXISTS, f"bridge: container already has an interface named {plan.container_ifname!r}")
+        host.create_veth(plan.host_veth, plan.container_ifname, sandbox.fd, cfg.mtu, plan.mac)
+    except NetlinkError as e:
+        raise kernel_failure(PLUGIN, f"creating veth pair {plan.host_veth}/{plan.container_ifname}", e)
+    veth = host.link(plan.host_veth)
+    try:
+        _attach_host_side(cfg, plan, host, br, veth)
+    except NetlinkError as e:
+        raise kernel_failure(PLUGIN, f"attaching {plan.host_veth} to {plan.bridge}", e)
+    cont_link = sandbox.nl.link(plan.container_ifname)
+    if not cfg.disable_container_interface:
         try:
-            host.create_veth(plan.host_veth, plan.container_ifname, netns_fd, cfg.mtu, plan.mac)
+            _configure_container_side(cfg, plan, sandbox, cont_link)
         except NetlinkError as e:
-            raise _kernel(f"creating veth pair {plan.host_veth}/{plan.container_ifname}", e)
-        veth = host.link(plan.host_veth)
-        try:
-            host.set_link(veth.index, master=br.index)
-            host.set_bridge_port(veth.index, hairpin=cfg.hairpin or None, isolated=cfg.port_isolation or None)
-            if cfg.vlan:
-                host.bridge_vlan(veth.index, cfg.vlan, pvid=True, untagged=True)
-                if not cfg.preserve_default_vlan:
-                    host.bridge_vlan(veth.index, 1, add=False)
-            for low, high in cfg.vlan_trunk:
-                host.bridge_vlan(veth.index, low, last_vid=high)
-            host.set_link(veth.index, up=True)
-            if plan.gateways:
-                if cfg.vlan:
-                    # the bridge itself joins the VLAN so its gateway address serves it
-                    host.bridge_vlan(br.index, cfg.vlan, pvid=True, untagged=True, self_=True)
-                _set_gateways(host, br, plan, cfg.force_address)
-        except NetlinkError as e:
-            raise _kernel(f"attaching {plan.host_veth} to {plan.bridge}", e)
-
-        cont_link = cont.link(plan.container_ifname)
-        if not cfg.disable_container_interface:
-            with netns.entered(netns_fd):
-                for fam in {a.version for a in plan.addresses}:
-                    if fam == 6 and not cfg.enable_dad:
-                        netns.write_sysctl(f"net.ipv6.conf.{plan.container_ifname}.accept_dad", "0")
-            try:
-                for addr in plan.addresses:
-                    cont.add_address(cont_link.index, addr, nodad=not cfg.enable_dad)
-                cont.set_link(cont_link.index, up=True)
-                for r in plan.routes:
-                    cont.add_route(r["dst"], r["gw"], cont_link.index, mtu=r["mtu"], advmss=r["advmss"],
-                                   priority=r["priority"])
-            except NetlinkError as e:
-                raise _kernel(f"configuring {plan.container_ifname} in the container", e)
-        nft.add_elements(plan.nft_elements)
-
-        br = host.link(plan.bridge)
-        plan.result["interfaces"] = [
-            {"name": br.name, "mac": br.mac},
-            {"name": veth.name, "mac": veth.mac},
-            {"name": cont_link.name, "mac": cont_link.mac, "sandbox": netns_path},
-        ]
-    finally:
-        cont.close()
+            raise kernel_failure(PLUGIN, f"configuring {plan.container_ifname} in the container", e)
+    nft.add_elements(plan.nft_elements)
+    br = host.link(plan.bridge)
+    return {**plan.result, "interfaces": [
+        {"name": br.name, "mac": br.mac},
+        {"name": veth.name, "mac": veth.mac},
+        {"name": cont_link.name, "mac": cont_link.mac, "sandbox": sandbox.path},
+    ]}
 
 
 def _in_background(fn, *args):
@@ -310,17 +399,12 @@ def _delete_veth(record: dict, netns_path: str) -> None:
             if veth is not None and veth.kind == "veth":
                 host.delete_link(veth.index)
         return
-    if netns_path and os.path.exists(netns_path):
-        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with netns.entered(fd):
-                cont = Netlink()
-            with cont:
-                link = cont.link(record["ifname"])
-                if link is not None and link.kind == "veth":
-                    cont.delete_link(link.index)
-        finally:
-            os.close(fd)
+    sandbox = Sandbox.if_present(netns_path)
+    if sandbox is not None:
+        with sandbox:
+            link = sandbox.nl.link(record["ifname"])
+            if link is not None and link.kind == "veth":
+                sandbox.nl.delete_link(link.index)
 
 
 def undo(record: dict, netns_path: str = "", also=None) -> None:
@@ -337,67 +421,56 @@ def undo(record: dict, netns_path: str = "", also=None) -> None:
         wait()
 
 
+def differences(expected: Expected, sandbox: Sandbox, host: Netlink) -> list[str]:
+    """How the kernel differs from what CHECK expects."""
+    cont = sandbox.nl
+    link = cont.link(expected.container_ifname)
+    if link is None:
+        return [f"interface {expected.container_ifname!r} is missing in the container"]
+    if expected.mac and expected.mac != link.mac:
+        return [f"{expected.container_ifname} has MAC {link.mac}, expected {expected.mac}"]
+    have = {a for _, a in cont.addresses(link.index)}
+    out = [f"address {a} is missing on {expected.container_ifname}" for a in expected.addresses if a not in have]
+    routes = cont.routes()
+    out += [f"route {r['route']} is missing in the container" for r in expected.routes
+            if not any(k["dst"] == r["dst"] and (r["gw"] is None or k["gw"] == r["gw"]) for k in routes)]
+    br = host.link(expected.bridge)
+    if br is None or br.kind != "bridge":
+        return out + [f"bridge {expected.bridge!r} is missing"]
+    for name in expected.host_veths:
+        veth = host.link(name)
+        if veth is None or veth.master != br.index:
+            out.append(f"host veth {name!r} is missing or not on {expected.bridge}")
+    return out
+
+
 # --- CNI commands ---------------------------------------------------------------
-def _store(cfg_or_req) -> RecordStore:
-    name = cfg_or_req.network if isinstance(cfg_or_req, BridgeConfig) else cfg_or_req.config["name"]
-    return RecordStore("bridge", name)
+def _free_veth_name(host: Netlink) -> str:
+    for _ in range(8):
+        name = "veth" + os.urandom(4).hex()
+        if host.link(name) is None:
+            return name
+    return name
 
 
 def add(req: Request) -> dict:
     cfg = parse_config(req)
-    netns_fd = netns.open_netns(req.netns)
-    store = _store(cfg)
-    host = Netlink()
-    record = None
-    try:
-        ipam_result = ipam.run(req, "ADD")
+    with Sandbox(req.netns) as sandbox, Netlink() as host:
+        ipam_result = delegate.run(req, "ADD")
         try:
-            for _ in range(8):
-                host_veth = "veth" + os.urandom(4).hex()
-                if host.link(host_veth) is None:
-                    break
-            plan = make_plan(cfg, req, ipam_result, host_veth, cfg.mac or random_mac())
-            # Record before touching the kernel: a crash half-way still
-            # leaves DEL and GC what they need to clean up.
-            record = {"containerID": req.container_id, "ifname": req.ifname, "netns": req.netns,
-                      "bridge": cfg.bridge, "hostVeth": host_veth, "nft": nft.to_record(plan.nft_elements)}
-            store.save(req.container_id, req.ifname, record)
-            apply_plan(cfg, plan, host, netns_fd, req.netns)
+            plan = make_plan(cfg, req, ipam_result, _free_veth_name(host), cfg.mac or random_mac())
+            return commit(store_for(req, PLUGIN), req, record_of(req, cfg, plan),
+                          lambda: apply_plan(cfg, plan, host, sandbox),
+                          lambda record: undo(record, req.netns))
         except BaseException:
-            if record is not None:
-                undo(record, req.netns)
-                store.remove(req.container_id, req.ifname)
-            ipam.run(req, "DEL")
+            delegate.run(req, "DEL")
             raise
-        return plan.result
-    finally:
-        host.close()
-        os.close(netns_fd)
 
 
 def delete(req: Request) -> None:
-    store = _store(req)
-    record = store.load(req.container_id, req.ifname)
-    if record is None:
-        record = _record_from_prev_result(req)
-    undo(record, req.netns, also=lambda: ipam.run(req, "DEL"))
-    store.remove(req.container_id, req.ifname)
-
-
-def _record_from_prev_result(req: Request) -> dict:
-    """Without our record (an attachment made by an older version, or a lost
-    state dir), fall back to the runtime's cached result."""
-    record = {"containerID": req.container_id, "ifname": req.ifname, "nft": []}
-    prev = req.prev_result or {}
-    interfaces = prev.get("interfaces") or []
-    for iface in interfaces:
-        if not iface.get("sandbox") and iface.get("name", "").startswith("veth"):
-            record["hostVeth"] = iface["name"]
-    if req.config.get("ipMasq"):
-        for ip in prev.get("ips") or []:
-            iface = ipaddress.ip_interface(ip["address"])
-            record["nft"] += nft.to_record(masq_elements(str(iface.ip), str(iface.network)))
-    return record
+    release(store_for(req, PLUGIN), req,
+            lambda record: undo(record, req.netns, also=lambda: delegate.run(req, "DEL")),
+            fallback=record_from_prev_result)
 
 
 def check(req: Request) -> None:
@@ -405,50 +478,17 @@ def check(req: Request) -> None:
     prev = req.prev_result
     if prev is None:
         raise CNIError(INVALID_CONFIG, "bridge: CHECK needs prevResult")
-    ipam.run(req, "CHECK")
-    netns_fd = netns.open_netns(req.netns, UNKNOWN_CONTAINER)
-    try:
-        interfaces = prev.get("interfaces") or []
-        container = next((i for i in interfaces if i.get("sandbox") and i.get("name") == req.ifname), None)
-        if container is None:
-            raise CNIError(CHECK_FAILED, f"bridge: prevResult lists no interface {req.ifname!r} in a sandbox")
-        with netns.entered(netns_fd):
-            cont = Netlink()
-        with cont:
-            link = cont.link(req.ifname)
-            if link is None:
-                raise CNIError(CHECK_FAILED, f"bridge: interface {req.ifname!r} is missing in the container")
-            if container.get("mac") and container["mac"].lower() != link.mac:
-                raise CNIError(CHECK_FAILED, f"bridge: {req.ifname} has MAC {link.mac}, expected {container['mac']}")
-            have = {a for _, a in cont.addresses(link.index)}
-            for ip in prev.get("ips") or []:
-                if ipaddress.ip_interface(ip["address"]) not in have:
-                    raise CNIError(CHECK_FAILED, f"bridge: address {ip['address']} is missing on {req.ifname}")
-            routes = cont.routes()
-            for r in prev.get("routes") or []:
-                dst = ipaddress.ip_network(r["dst"], strict=False)
-                if not any(k["dst"] == dst and (not r.get("gw") or k["gw"] == ipaddress.ip_address(r["gw"]))
-                           for k in routes):
-                    raise CNIError(CHECK_FAILED, f"bridge: route {r} is missing in the container")
-        with Netlink() as host:
-            br = host.link(cfg.bridge)
-            if br is None or br.kind != "bridge":
-                raise CNIError(CHECK_FAILED, f"bridge: bridge {cfg.bridge!r} is missing")
-            veths = [i["name"] for i in interfaces if not i.get("sandbox") and i.get("name") != cfg.bridge]
-            for name in veths:
-                veth = host.link(name)
-                if veth is None or veth.master != br.index:
-                    raise CNIError(CHECK_FAILED, f"bridge: host veth {name!r} is missing or not on {cfg.bridge}")
-    finally:
-        os.close(netns_fd)
+    delegate.run(req, "CHECK")
+    with Sandbox(req.netns, UNKNOWN_CONTAINER) as sandbox, Netlink() as host:
+        require_same(PLUGIN, differences(expected_state(cfg, req, prev), sandbox, host))
 
 
 def gc(req: Request) -> None:
     """Remove host-side state of every attachment not in valid-attachments,
     then let IPAM release their addresses."""
-    _store(req).collect(req.config, undo)
-    ipam.run(req, "GC")
+    store_for(req, PLUGIN).collect(req.config, undo)
+    delegate.run(req, "GC")
 
 
 def status(req: Request) -> None:
-    ipam.run(req, "STATUS")
+    delegate.run(req, "STATUS")

@@ -25,16 +25,23 @@ drops container traffic itself except for isolation.  It runs at priority
 The ``backend`` key (``iptables``, ``firewalld``) is accepted for
 compatibility; we always use nftables.  ``iptablesAdminChainName`` and
 ``firewalldZone`` are accepted and ignored.
+
+config -> plan -> kernel: the plan is the list of set elements, computed
+from the config, prevResult's addresses and (for same-bridge) the host
+interface that routes to each address, looked up before planning.
 """
 import ipaddress
-import _socket as socket  # not `socket`: it imports selectors and enum at start-up
 
-from .kernel import netlink, nft
-from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG
-from .kernel.nft import concat, match, meta, payload
+from .core.attachment import commit, release, store_for
+from .core.config import bad_config
+from .core.errors import CNIError, require_same
+from .core.plain import plain
 from .core.request import Request
-from .core.records import RecordStore
+from .kernel import nft
+from .kernel.netlink import Netlink
+from .kernel.nft import concat, match, meta, payload
 
+PLUGIN = "firewall"
 _ACCEPT, _DROP = {"accept": None}, {"drop": None}
 _EST = match({"ct": {"key": "state"}}, ["established", "related"], op="in")
 _DNAT = match({"ct": {"key": "status"}}, "dnat", op="in")
@@ -68,111 +75,104 @@ POLICIES = ("open", "same-bridge")
 
 
 # --- config -------------------------------------------------------------------
-def _bad(msg: str) -> CNIError:
-    return CNIError(INVALID_CONFIG, f"firewall: {msg}")
+@plain
+class FirewallConfig:
+    network: str
+    ingress_policy: str = "open"
 
 
-def parse_config(req: Request) -> dict:
+def parse_config(req: Request) -> FirewallConfig:
     c = req.config
     backend = c.get("backend") or "iptables"
     if backend not in ("iptables", "firewalld", "nftables"):
-        raise _bad(f"unknown backend {backend!r}")
+        raise bad_config(PLUGIN, f"unknown backend {backend!r}")
     policy = c.get("ingressPolicy") or "open"
     if policy not in POLICIES:
-        raise _bad(f"unknown ingressPolicy {policy!r} (open or same-bridge)")
+        raise bad_config(PLUGIN, f"unknown ingressPolicy {policy!r} (open or same-bridge)")
     for key in ("iptablesAdminChainName", "firewalldZone"):
         if c.get(key) is not None and not isinstance(c[key], str):
-            raise _bad(f"{key} must be a string")
-    return {"network": c["name"], "ingressPolicy": policy}
-
+            raise bad_config(PLUGIN, f"{key} must be a string")
+    return FirewallConfig(network=c["name"], ingress_policy=policy)
 
 
 # --- plan ---------------------------------------------------------------------
-def _host_ifname(host: netlink.Netlink, addr) -> str:
-    best = None
-    for r in host.routes(socket.AF_INET if addr.version == 4 else socket.AF_INET6):
-        if addr in r["dst"] and r["oif"] and (best is None or r["dst"].prefixlen > best["dst"].prefixlen):
-            best = r
-    link = host.link_by_index(best["oif"]) if best else None
-    return link.name if link else ""
-
-
-def make_elements(cfg: dict, prev: dict) -> list[nft.Element]:
+def container_addresses(prev: dict) -> list:
     addrs = []
     for ip in prev.get("ips") or []:
         try:
             addrs.append(ipaddress.ip_interface(ip["address"]).ip)
         except (KeyError, ValueError, TypeError):
-            raise _bad(f"prevResult has an invalid IP config {ip!r}") from None
+            raise bad_config(PLUGIN, f"prevResult has an invalid IP config {ip!r}") from None
+    return addrs
+
+
+def host_interfaces(cfg: FirewallConfig, addrs: list) -> dict:
+    """address -> the host interface routing to it (its bridge); only
+    same-bridge isolation needs them."""
+    if cfg.ingress_policy != "same-bridge" or not addrs:
+        return {}
+    with Netlink() as host:
+        return {addr: host.route_ifname(addr) for addr in addrs}
+
+
+def make_elements(cfg: FirewallConfig, addrs: list, ifnames: dict) -> list[nft.Element]:
     elements = []
-    isolate = cfg["ingressPolicy"] == "same-bridge"
-    host = netlink.Netlink() if isolate and addrs else None
-    try:
-        for addr in addrs:
-            v, a = str(addr.version), addr.compressed
-            elements.append((TABLE, f"ctr{v}", a))
-            if isolate:
-                ifname = _host_ifname(host, addr)
-                if not ifname:
-                    raise _bad(f"same-bridge: no host interface routes to {a}")
-                elements.append((TABLE, f"isolated{v}", a))
-                elements.append((TABLE, f"samebridge{v}", concat(ifname, a)))
-    finally:
-        if host is not None:
-            host.close()
+    for addr in addrs:
+        v, a = str(addr.version), addr.compressed
+        elements.append((TABLE, f"ctr{v}", a))
+        if cfg.ingress_policy == "same-bridge":
+            if not ifnames.get(addr):
+                raise bad_config(PLUGIN, f"same-bridge: no host interface routes to {a}")
+            elements.append((TABLE, f"isolated{v}", a))
+            elements.append((TABLE, f"samebridge{v}", concat(ifnames[addr], a)))
     return elements
 
 
+def plan(req: Request, prev: dict) -> list[nft.Element]:
+    cfg = parse_config(req)
+    addrs = container_addresses(prev)
+    return make_elements(cfg, addrs, host_interfaces(cfg, addrs))
+
+
+def record_from_prev_result(req: Request) -> dict | None:
+    """No record: every set the addresses from prevResult may be in (the
+    bridge may be gone, so no route lookup; removing an absent element is fine)."""
+    prev = req.prev_result
+    try:
+        addrs = container_addresses(prev) if prev is not None else []
+        parse_config(req)
+    except CNIError:  # DEL must succeed on whatever it was given
+        return None
+    elements = make_elements(FirewallConfig(network=req.network), addrs, {})
+    elements += [(TABLE, f"isolated{s[-1]}", e) for _, s, e in elements]
+    return {"nft": nft.to_record(elements)}
+
+
+def undo(record: dict) -> None:
+    nft.remove_elements(nft.from_record(record.get("nft", [])))
+
+
 # --- CNI commands ---------------------------------------------------------------
-def _store(req: Request) -> RecordStore:
-    return RecordStore("firewall", req.config["name"])
-
-
 def add(req: Request) -> dict:
-    prev = req.require_prev_result("firewall")
-    elements = make_elements(parse_config(req), prev)
+    prev = req.require_prev_result(PLUGIN)
+    elements = plan(req, prev)
     if elements:
-        store = _store(req)
-        store.save(req.container_id, req.ifname, {
-            "containerID": req.container_id, "ifname": req.ifname, "netns": req.netns,
-            "nft": nft.to_record(elements)})
-        try:
-            nft.add_elements(elements)
-        except BaseException:
-            store.remove(req.container_id, req.ifname)  # atomic: nothing went in
-            raise
+        record = {"containerID": req.container_id, "ifname": req.ifname, "netns": req.netns,
+                  "nft": nft.to_record(elements)}
+        # one atomic transaction: if it fails, nothing of ours went in
+        commit(store_for(req, PLUGIN), req, record, lambda: nft.add_elements(elements), lambda r: None)
     return prev
 
 
 def delete(req: Request) -> None:
-    store = _store(req)
-    record = store.load(req.container_id, req.ifname)
-    if record is not None:
-        elements = nft.from_record(record.get("nft", []))
-    else:
-        # no record: the addresses from prevResult (the bridge may be gone,
-        # so every set is tried; removing an absent element is fine)
-        elements = []
-        try:
-            cfg = {**parse_config(req), "ingressPolicy": "open"}
-            prev = req.prev_result
-            if prev is not None:
-                elements = make_elements(cfg, prev)
-                elements += [(TABLE, f"isolated{s[-1]}", e) for _, s, e in elements]
-        except CNIError:
-            elements = []
-    nft.remove_elements(elements)
-    store.remove(req.container_id, req.ifname)
+    release(store_for(req, PLUGIN), req, undo, fallback=record_from_prev_result)
 
 
 def check(req: Request) -> None:
-    prev = req.require_prev_result("firewall")
-    elements = make_elements(parse_config(req), prev)
-    have = nft.elements_of(TABLE)
-    for _, s, e in elements:
-        if e not in have.get(s, []):
-            raise CNIError(CHECK_FAILED, f"firewall: element {e} missing from {TABLE.family} {TABLE.name} {s}")
+    elements = plan(req, req.require_prev_result(PLUGIN))
+    require_same(PLUGIN, [f"element {e} missing from {TABLE.family} {TABLE.name} {s}"
+                          for (_, s, e), here in zip(elements, nft.present(elements)) if not here])
 
 
 def gc(req: Request) -> None:
-    _store(req).collect(req.config, lambda record: nft.remove_elements(nft.from_record(record.get("nft", []))))
+    store_for(req, PLUGIN).collect(req.config, undo)

@@ -1,28 +1,23 @@
-"""loopback: bring up `lo` in the container's network namespace."""
+"""loopback: bring up `lo` in the container's network namespace.
+
+The plan is fixed (lo up, with 127.0.0.1/8, which the kernel gives it), so
+there is no config to parse and nothing of ours to record or undo.
+"""
 import ipaddress
-import os
 
-from .kernel import netns
-from .core.errors import CHECK_FAILED, CNIError, INVALID_ENV, UNKNOWN_CONTAINER
-from .kernel.netlink import Netlink
+from .core.errors import INVALID_ENV, UNKNOWN_CONTAINER, require_same
 from .core.request import Request
+from .core.sandbox import Sandbox
 
-
-def _lo(netns_path: str, code: int):
-    fd = netns.open_netns(netns_path, code)
-    try:
-        with netns.entered(fd):
-            nl = Netlink()
-    finally:
-        os.close(fd)
-    return nl
+PLUGIN = "loopback"
+LOOPBACK = ipaddress.ip_interface("127.0.0.1/8")
 
 
 def add(req: Request) -> dict:
-    with _lo(req.netns, INVALID_ENV) as nl:
-        lo = nl.link("lo")
-        nl.set_link(lo.index, up=True)
-        addrs = [a for _, a in nl.addresses(lo.index)]
+    with Sandbox(req.netns, INVALID_ENV) as sandbox:
+        lo = sandbox.nl.link("lo")
+        sandbox.nl.set_link(lo.index, up=True)
+        addrs = [a for _, a in sandbox.nl.addresses(lo.index)]
     prev = req.prev_result
     if prev is not None:
         return prev  # chained: pass the previous result through unchanged
@@ -39,9 +34,12 @@ def delete(req: Request) -> None:
 
 
 def check(req: Request) -> None:
-    with _lo(req.netns, UNKNOWN_CONTAINER) as nl:
-        lo = nl.link("lo")
+    with Sandbox(req.netns, UNKNOWN_CONTAINER) as sandbox:
+        lo = sandbox.nl.link("lo")
         if lo is None or not lo.up:
-            raise CNIError(CHECK_FAILED, "loopback: lo is not up")
-        if ipaddress.ip_interface("127.0.0.1/8") not in {a for _, a in nl.addresses(lo.index)}:
-            raise CNIError(CHECK_FAILED, "loopback: lo lacks 127.0.0.1/8")
+            differences = ["lo is not up"]
+        elif LOOPBACK not in {a for _, a in sandbox.nl.addresses(lo.index)}:
+            differences = ["lo lacks 127.0.0.1/8"]
+        else:
+            differences = []
+    require_same(PLUGIN, differences)

@@ -5,22 +5,29 @@ the container's netns; ``IFNAME`` in a key stands for the container
 interface), ``mac`` (also the ``mac`` capability in runtimeConfig and
 CNI_ARGS ``MAC``), ``mtu``, ``promisc``, ``allmulti``, ``txQLen``, and the
 same under ``args.cni``.  Every key is validated before anything changes.
-The original values are recorded (RecordStore "tuning") before the kernel is
-touched; DEL restores them, CHECK compares the kernel with the config.
+
+config -> plan -> kernel: what the container has now is read first
+(``observe``), the plan (``make_plan``, pure) is the record itself: each
+sysctl with its path, wanted and original value, the link attributes'
+originals and wanted values.  It is written before the kernel is touched;
+DEL restores the originals from it, CHECK compares the kernel with the
+config.
 """
 import json
 import os
 import re
 
-from .kernel import netlink, netns
-from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, UNKNOWN_CONTAINER
-from .kernel.netlink import Netlink, NetlinkError
+from .core.attachment import commit, release, store_for
+from .core.config import bad_config, typed, unicast_mac
+from .core.errors import CNIError, UNKNOWN_CONTAINER, kernel_failure, require_same
 from .core.plain import plain
 from .core.request import Request
-from .core.records import RecordStore
+from .core.sandbox import Sandbox
+from .kernel import netlink
+from .kernel.netlink import Netlink, NetlinkError
 
+PLUGIN = "tuning"
 ALLOWLIST = "/etc/cni/tuning/allowlist.conf"
-_UNSET = object()
 
 
 # --- config -------------------------------------------------------------------
@@ -35,30 +42,19 @@ class TuningConfig:
     txqlen: int | None = None
 
     @property
-    def link_options(self) -> bool:
-        return bool(self.mac or self.mtu or self.txqlen is not None
-                    or self.promisc is not None or self.allmulti is not None)
-
-
-def _bad(msg: str) -> CNIError:
-    return CNIError(INVALID_CONFIG, f"tuning: {msg}")
-
-
-def _get(conf: dict, key: str, kind, default=_UNSET):
-    value = conf.get(key, default)
-    if value is _UNSET or value is None:
-        return default
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise _bad(f"{key!r} must be {kind.__name__}, got {value!r}")
-    return value
+    def link_wanted(self) -> dict:
+        """The link attributes this config sets, and to what."""
+        wanted = {"mac": self.mac or None, "mtu": self.mtu or None, "promisc": self.promisc,
+                  "allmulti": self.allmulti, "txqlen": self.txqlen}
+        return {k: v for k, v in wanted.items() if v is not None}
 
 
 def _sysctl_map(value, where: str) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise _bad(f"{where} must be an object of strings")
+        raise bad_config(PLUGIN, f"{where} must be an object of strings")
     for k, v in value.items():
         if not isinstance(v, str):
-            raise _bad(f"{where}[{k!r}] must be a string, got {v!r}")
+            raise bad_config(PLUGIN, f"{where}[{k!r}] must be a string, got {v!r}")
     return dict(value)
 
 
@@ -72,7 +68,7 @@ def _duplicate_sysctl_keys(raw: bytes) -> None:
         seen = set()
         for k, _ in items:
             if k in seen:
-                raise _bad(f"duplicated key {k!r} in the network config")
+                raise bad_config(PLUGIN, f"duplicated key {k!r} in the network config")
             seen.add(k)
         return dict(items)
 
@@ -86,48 +82,38 @@ def _duplicate_sysctl_keys(raw: bytes) -> None:
         pairs(sysctl)
 
 
-def _valid_mac(mac: str) -> str:
-    try:
-        raw = netlink.mac_bytes(mac)
-    except ValueError:
-        raw = b""
-    if len(raw) != 6 or raw[0] & 1 or mac.count(":") != 5:
-        raise _bad(f"invalid unicast MAC {mac!r}")
-    return netlink.mac_str(raw)
-
-
 def parse_config(req: Request) -> TuningConfig:
     c = req.config
     _duplicate_sysctl_keys(req.raw_config)
     cfg = TuningConfig(network=c["name"])
     cfg.sysctl = _sysctl_map(c.get("sysctl") or {}, "sysctl")
-    cfg.mac = _get(c, "mac", str, "")
-    cfg.mtu = _get(c, "mtu", int, 0)
-    cfg.promisc = _get(c, "promisc", bool, None)
-    cfg.allmulti = _get(c, "allmulti", bool, None)
-    cfg.txqlen = _get(c, "txQLen", int, None)
-    _get(c, "dataDir", str, "")  # the reference's backup dir: our records live in RecordStore
+    cfg.mac = typed(PLUGIN, c, "mac", str, "")
+    cfg.mtu = typed(PLUGIN, c, "mtu", int, 0)
+    cfg.promisc = typed(PLUGIN, c, "promisc", bool, None)
+    cfg.allmulti = typed(PLUGIN, c, "allmulti", bool, None)
+    cfg.txqlen = typed(PLUGIN, c, "txQLen", int, None)
+    typed(PLUGIN, c, "dataDir", str, "")  # the reference's backup dir: our records live in RecordStore
     # Precedence as the reference: config < CNI_ARGS MAC < runtimeConfig.mac < args.cni
     if req.args.get("MAC"):
         cfg.mac = req.args["MAC"]
     if req.runtime_config.get("mac"):
-        cfg.mac = _get(req.runtime_config, "mac", str, "")
+        cfg.mac = typed(PLUGIN, req.runtime_config, "mac", str, "")
     args = c.get("args")
     cni = args.get("cni") if isinstance(args, dict) else None
     if isinstance(cni, dict):
         if cni.get("sysctl") is not None:
             cfg.sysctl.update(_sysctl_map(cni["sysctl"], "args.cni.sysctl"))
-        cfg.mac = _get(cni, "mac", str, cfg.mac)
-        cfg.mtu = _get(cni, "mtu", int, cfg.mtu)
-        cfg.promisc = _get(cni, "promisc", bool, cfg.promisc)
-        cfg.allmulti = _get(cni, "allmulti", bool, cfg.allmulti)
-        cfg.txqlen = _get(cni, "txQLen", int, cfg.txqlen)
+        cfg.mac = typed(PLUGIN, cni, "mac", str, cfg.mac)
+        cfg.mtu = typed(PLUGIN, cni, "mtu", int, cfg.mtu)
+        cfg.promisc = typed(PLUGIN, cni, "promisc", bool, cfg.promisc)
+        cfg.allmulti = typed(PLUGIN, cni, "allmulti", bool, cfg.allmulti)
+        cfg.txqlen = typed(PLUGIN, cni, "txQLen", int, cfg.txqlen)
     if cfg.mac:
-        cfg.mac = _valid_mac(cfg.mac)
+        cfg.mac = unicast_mac(PLUGIN, cfg.mac)
     if cfg.mtu and not 68 <= cfg.mtu <= 65535:
-        raise _bad(f"invalid mtu {cfg.mtu}")
+        raise bad_config(PLUGIN, f"invalid mtu {cfg.mtu}")
     if cfg.txqlen is not None and not 0 <= cfg.txqlen <= 0xFFFFFFFF:
-        raise _bad(f"invalid txQLen {cfg.txqlen}")
+        raise bad_config(PLUGIN, f"invalid txQLen {cfg.txqlen}")
     _check_allowlist(cfg.sysctl)
     return cfg
 
@@ -142,7 +128,7 @@ def _check_allowlist(sysctl: dict) -> None:
         return
     for key in sysctl:
         if not any(re.search(p, key) for p in patterns):
-            raise _bad(f"sysctl {key!r} is not allowed by {ALLOWLIST}")
+            raise bad_config(PLUGIN, f"sysctl {key!r} is not allowed by {ALLOWLIST}")
 
 
 def sysctl_path(key: str, ifname: str) -> str:
@@ -151,14 +137,14 @@ def sysctl_path(key: str, ifname: str) -> str:
     whole; anything that could leave /proc/sys/net is refused."""
     if not isinstance(key, str) or not key or "/" in key or "\0" in key or ".." in key \
             or key.startswith(".") or key.endswith("."):
-        raise _bad(f"invalid sysctl key {key!r}")
+        raise bad_config(PLUGIN, f"invalid sysctl key {key!r}")
     marker = "\x01"
     spaced = f".{key}."
     if "." in ifname:
         spaced = spaced.replace(f".{ifname}.", f".{marker}.")
     parts = [ifname if p in ("IFNAME", marker) else p for p in spaced[1:-1].split(".")]
     if parts[0] != "net" or len(parts) < 2 or any(p in ("", ".", "..") or "/" in p for p in parts):
-        raise _bad(f"invalid net sysctl key {key!r} (only net.* keys may be set)")
+        raise bad_config(PLUGIN, f"invalid net sysctl key {key!r} (only net.* keys may be set)")
     return "/proc/sys/" + "/".join(parts)
 
 
@@ -180,37 +166,65 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
+# --- plan ---------------------------------------------------------------------
+@plain
+class Observed:
+    """What the container has now, of what the config touches."""
+    paths: dict[str, str]       # sysctl key -> /proc/sys path
+    sysctls: dict               # key -> current value (None: write-only)
+    link: dict | None           # current values of the attributes the config sets; None: no interface
+
+
+def make_plan(cfg: TuningConfig, req: Request, seen: Observed, old: dict | None) -> dict:
+    """The record ADD writes and applies.  An ADD repeated without DEL keeps
+    the first record's originals: they are the true ones."""
+    if seen.link is None and cfg.link_wanted:
+        raise CNIError(UNKNOWN_CONTAINER, f"tuning: no interface {req.ifname!r} in the container")
+    old = old or {}
+    old_sysctl = {i["key"]: i for i in old.get("sysctl", [])}
+    link_original = dict(seen.link or {})
+    link_original.update({k: v for k, v in (old.get("link") or {}).items() if k in link_original})
+    return {
+        "containerID": req.container_id, "ifname": req.ifname, "netns": req.netns,
+        "sysctl": [{"key": k, "path": seen.paths[k], "value": v,
+                    "original": old_sysctl[k]["original"] if k in old_sysctl else seen.sysctls[k]}
+                   for k, v in cfg.sysctl.items()],
+        "link": link_original,
+        "linkWanted": {k: v for k, v in cfg.link_wanted.items() if seen.link is not None},
+    }
+
+
+def differences(cfg: TuningConfig, ifname: str, seen: Observed) -> list[str]:
+    out = [f"{key} is {seen.sysctls[key]!r}, configured {value!r}" for key, value in cfg.sysctl.items()
+           if seen.sysctls[key] is not None and _norm(seen.sysctls[key]) != _norm(value)]
+    if seen.link is None:
+        return out + [f"interface {ifname!r} is missing in the container"]
+    return out + [f"{ifname} {key} is {seen.link[key]}, configured {value}"
+                  for key, value in cfg.link_wanted.items() if seen.link[key] != value]
+
+
 # --- kernel -------------------------------------------------------------------
-def _enter(netns_path: str, code: int) -> int:
-    return netns.open_netns(netns_path, code)
+def _link_state(link: netlink.Link, keys) -> dict:
+    state = {"mac": link.mac, "mtu": link.mtu, "promisc": link.promisc, "allmulti": link.allmulti,
+             "txqlen": link.txqlen}
+    return {k: state[k] for k in keys}
 
 
-def _resolve_sysctls(cfg: TuningConfig, ifname: str) -> dict[str, str]:
-    """key -> path for every configured sysctl; inside the container's
-    netns.  Raises (code 7) before anything is written."""
-    paths = {}
-    for key in cfg.sysctl:
-        path = sysctl_path(key, ifname)
-        if not os.path.isfile(path):
-            raise _bad(f"sysctl {key!r} does not exist in the container ({path})")
-        paths[key] = path
-    return paths
-
-
-def _link_state(link: netlink.Link, cfg: TuningConfig) -> dict:
-    """The current values of the attributes ``cfg`` sets."""
-    state = {}
-    if cfg.mac:
-        state["mac"] = link.mac
-    if cfg.mtu:
-        state["mtu"] = link.mtu
-    if cfg.promisc is not None:
-        state["promisc"] = link.promisc
-    if cfg.allmulti is not None:
-        state["allmulti"] = link.allmulti
-    if cfg.txqlen is not None:
-        state["txqlen"] = link.txqlen
-    return state
+def observe(cfg: TuningConfig, ifname: str, sandbox: Sandbox) -> Observed:
+    """Resolve every configured sysctl inside the container (code 7 for one
+    that does not exist, before anything is written) and read the current
+    values."""
+    with sandbox.entered():
+        paths = {}
+        for key in cfg.sysctl:
+            path = sysctl_path(key, ifname)
+            if not os.path.isfile(path):
+                raise bad_config(PLUGIN, f"sysctl {key!r} does not exist in the container ({path})")
+            paths[key] = path
+        current = {key: _read(path) for key, path in paths.items()}
+    link = sandbox.nl.link(ifname)
+    return Observed(paths=paths, sysctls=current,
+                    link=_link_state(link, cfg.link_wanted) if link is not None else None)
 
 
 def _set_link(nl: Netlink, index: int, values: dict) -> None:
@@ -226,12 +240,32 @@ def _set_link(nl: Netlink, index: int, values: dict) -> None:
         nl.set_link_attrs(index, txqlen=values["txqlen"])
 
 
-def _restore(record: dict, netns_fd: int) -> list[str]:
+def apply(plan: dict, sandbox: Sandbox) -> str:
+    """Write the sysctls and link attributes; returns the interface's MAC now."""
+    with sandbox.entered():
+        for item in plan["sysctl"]:
+            try:
+                _write(item["path"], item["value"])
+            except OSError as e:  # a value the kernel refuses, a read-only key
+                raise bad_config(PLUGIN, f"cannot set {item['key']} = {item['value']!r}: {e.strerror}") from None
+    link = sandbox.nl.link(plan["ifname"])
+    if link is None:
+        return ""
+    if plan["linkWanted"]:
+        try:
+            _set_link(sandbox.nl, link.index, plan["linkWanted"])
+        except NetlinkError as e:
+            raise kernel_failure(PLUGIN, f"configuring {plan['ifname']}", e) from None
+        link = sandbox.nl.link(plan["ifname"])
+    return link.mac
+
+
+def restore(record: dict, sandbox: Sandbox) -> list[str]:
     """Put back what ADD changed; returns what could not be restored.  A
     sysctl is restored only while it still holds the value we wrote (someone
     else may have set it since: theirs wins)."""
     errors = []
-    with netns.entered(netns_fd):
+    with sandbox.entered():
         for item in reversed(record.get("sysctl", [])):
             if item.get("original") is None:
                 continue
@@ -243,76 +277,33 @@ def _restore(record: dict, netns_fd: int) -> list[str]:
                 pass  # a per-interface key whose interface is gone
             except OSError as e:
                 errors.append(f"{item['key']}: {e.strerror}")
-        original = record.get("link") or {}
-        if not original:
-            return errors
-        nl = Netlink()
-    with nl:
-        link = nl.link(record["ifname"])
-        if link is None:
-            return errors
+    original = record.get("link") or {}
+    link = sandbox.nl.link(record["ifname"]) if original else None
+    if link is not None:
         try:
-            _set_link(nl, link.index, original)
+            _set_link(sandbox.nl, link.index, original)
         except NetlinkError as e:
             errors.append(f"{record['ifname']}: {e}")
     return errors
 
 
+def _restore_if_present(record: dict, netns_path: str) -> None:
+    """Best effort, as the reference: DEL must not fail on a container that
+    is half gone (with its netns gone, what we changed went with it)."""
+    sandbox = Sandbox.if_present(netns_path)
+    if sandbox is not None:
+        with sandbox:
+            restore(record, sandbox)
+
+
 # --- CNI commands ---------------------------------------------------------------
-def _store(req: Request) -> RecordStore:
-    return RecordStore("tuning", req.config["name"])
-
-
-
 def add(req: Request) -> dict:
     cfg = parse_config(req)
-    prev = req.require_prev_result("tuning")
-    store = _store(req)
-    fd = _enter(req.netns, UNKNOWN_CONTAINER)
-    try:
-        with netns.entered(fd):
-            paths = _resolve_sysctls(cfg, req.ifname)
-            originals = {key: _read(path) for key, path in paths.items()}
-            cont = Netlink()
-        with cont:
-            link = cont.link(req.ifname)
-            if link is None and cfg.link_options:
-                raise CNIError(UNKNOWN_CONTAINER, f"tuning: no interface {req.ifname!r} in the container")
-            link_original = _link_state(link, cfg) if link is not None else {}
-            # An ADD repeated without DEL: the first record holds the true
-            # originals, keep them.
-            old = store.load(req.container_id, req.ifname) or {}
-            old_sysctl = {i["key"]: i for i in old.get("sysctl", [])}
-            link_original.update({k: v for k, v in (old.get("link") or {}).items() if k in link_original})
-            record = {
-                "containerID": req.container_id, "ifname": req.ifname, "netns": req.netns,
-                "sysctl": [{"key": k, "path": paths[k], "value": v,
-                            "original": old_sysctl[k]["original"] if k in old_sysctl else originals[k]}
-                           for k, v in cfg.sysctl.items()],
-                "link": link_original,
-            }
-            store.save(req.container_id, req.ifname, record)
-            try:
-                with netns.entered(fd):
-                    for key, value in cfg.sysctl.items():
-                        try:
-                            _write(paths[key], value)
-                        except OSError as e:  # a value the kernel refuses, a read-only key
-                            raise _bad(f"cannot set {key} = {value!r}: {e.strerror}") from None
-                if link is not None and cfg.link_options:
-                    wanted = {"mac": cfg.mac, "mtu": cfg.mtu, "promisc": cfg.promisc,
-                              "allmulti": cfg.allmulti, "txqlen": cfg.txqlen}
-                    try:
-                        _set_link(cont, link.index, {k: wanted[k] for k in link_original})
-                    except NetlinkError as e:
-                        raise CNIError(KERNEL_FAILURE, f"tuning: configuring {req.ifname}: {e}") from None
-            except BaseException:
-                _restore(record, fd)
-                store.remove(req.container_id, req.ifname)
-                raise
-            mac = cont.link(req.ifname).mac if link is not None else ""
-    finally:
-        os.close(fd)
+    prev = req.require_prev_result(PLUGIN)
+    store = store_for(req, PLUGIN)
+    with Sandbox(req.netns, UNKNOWN_CONTAINER) as sandbox:
+        plan = make_plan(cfg, req, observe(cfg, req.ifname, sandbox), store.load(req.container_id, req.ifname))
+        mac = commit(store, req, plan, lambda: apply(plan, sandbox), lambda record: restore(record, sandbox))
     result = json.loads(json.dumps(prev))
     if cfg.mac:
         for iface in result.get("interfaces") or []:
@@ -322,52 +313,18 @@ def add(req: Request) -> dict:
 
 
 def delete(req: Request) -> None:
-    store = _store(req)
-    record = store.load(req.container_id, req.ifname)
-    if record is None:
-        return
-    path = req.netns  # empty: the netns is gone, and what we changed with it
-    if path and os.path.exists(path):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                # Best effort, as the reference: DEL must not fail on a
-                # container that is half gone.
-                _restore(record, fd)
-            finally:
-                os.close(fd)
-    store.remove(req.container_id, req.ifname)
+    release(store_for(req, PLUGIN), req, lambda record: _restore_if_present(record, req.netns))
 
 
 def check(req: Request) -> None:
     cfg = parse_config(req)
-    req.require_prev_result("tuning")
-    fd = _enter(req.netns, UNKNOWN_CONTAINER)
-    try:
-        with netns.entered(fd):
-            paths = _resolve_sysctls(cfg, req.ifname)
-            for key, value in cfg.sysctl.items():
-                current = _read(paths[key])
-                if current is not None and _norm(current) != _norm(value):
-                    raise CNIError(CHECK_FAILED, f"tuning: {key} is {current!r}, configured {value!r}")
-            cont = Netlink()
-        with cont:
-            link = cont.link(req.ifname)
-    finally:
-        os.close(fd)
-    if link is None:
-        raise CNIError(CHECK_FAILED, f"tuning: interface {req.ifname!r} is missing in the container")
-    wanted = {"mac": cfg.mac, "mtu": cfg.mtu, "promisc": cfg.promisc, "allmulti": cfg.allmulti,
-              "txqlen": cfg.txqlen}
-    for key, have in _link_state(link, cfg).items():
-        if have != wanted[key]:
-            raise CNIError(CHECK_FAILED, f"tuning: {req.ifname} {key} is {have}, configured {wanted[key]}")
+    req.require_prev_result(PLUGIN)
+    with Sandbox(req.netns, UNKNOWN_CONTAINER) as sandbox:
+        seen = observe(cfg, req.ifname, sandbox)
+    require_same(PLUGIN, differences(cfg, req.ifname, seen))
 
 
 def gc(req: Request) -> None:
     """Forget records of attachments the runtime no longer has (their
     containers, and so what we changed, are gone)."""
-    _store(req).collect(req.config)
+    store_for(req, PLUGIN).collect(req.config)

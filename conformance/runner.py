@@ -23,6 +23,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from cni_plugins.core import execute as plugin_exec
+
 EXEC_TIMEOUT = 30
 
 
@@ -58,15 +60,8 @@ def execute(bin_dir: str, plugin: str, command: str, stdin: bytes | str | dict |
             container_id: str = "", netns: str = "", ifname: str = "", env: dict | None = None,
             drop: tuple[str, ...] = (), path: str | None = None) -> Exec:
     """Exec ``bin_dir/plugin`` with only CNI_* variables and ``env``."""
-    full = {
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container_id,
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": ifname,
-        "CNI_PATH": path or bin_dir,
-    }
-    full = {k: v for k, v in full.items() if v}
-    full["CNI_COMMAND"] = command
+    full = plugin_exec.cni_environ({}, command, container_id=container_id, netns=netns, ifname=ifname,
+                               path=path or bin_dir)
     full.update(env or {})
     for key in drop:
         full.pop(key, None)
@@ -76,20 +71,13 @@ def execute(bin_dir: str, plugin: str, command: str, stdin: bytes | str | dict |
         stdin = stdin.encode()
     start = time.monotonic()
     try:
-        proc = subprocess.run([os.path.join(bin_dir, plugin)], input=stdin or b"", env=full,
-                              capture_output=True, timeout=EXEC_TIMEOUT)
-        rc, out, err = proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+        out = plugin_exec.run([os.path.join(bin_dir, plugin)], full, stdin or b"", timeout=EXEC_TIMEOUT)
     except subprocess.TimeoutExpired:
-        rc, out, err = -1, "", f"timed out after {EXEC_TIMEOUT}s"
+        return Exec(plugin, command, -1, "", f"timed out after {EXEC_TIMEOUT}s", time.monotonic() - start)
     except OSError as e:
-        rc, out, err = -1, "", f"cannot exec: {e}"
-    result = Exec(plugin, command, rc, out, err, time.monotonic() - start)
-    if out.strip():
-        try:
-            result.json = json.loads(out)
-        except ValueError as e:
-            result.json_error = str(e)
-    return result
+        return Exec(plugin, command, -1, "", f"cannot exec: {e}", time.monotonic() - start)
+    return Exec(plugin, command, out.rc, out.stdout.decode(errors="replace"), out.stderr, out.seconds,
+                json=out.output, json_error=out.output_error)
 
 
 # --- the suite config ------------------------------------------------------------

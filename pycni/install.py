@@ -9,6 +9,7 @@ at install time instead.
 import os
 import sys
 
+from cni_plugins.core.records import write_atomic
 from cni_plugins.core.registry import PLUGINS
 
 _TEMPLATE = """#!{python} -IS
@@ -44,10 +45,6 @@ def install(bin_dir: str, plugins: dict[str, str] = PLUGINS) -> list[str]:
     for name, module in plugins.items():
         target = os.path.join(bin_dir, name)
         text = _TEMPLATE.format(python=sys.executable, name=name, paths=paths, module=module)
-        tmp = f"{target}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
+        write_atomic(target, text.encode(), mode=0o755)
         written.append(target)
     return written

@@ -37,6 +37,7 @@ Unknown keys are errors: the SCHEMA table below is where later features
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import ipaddress
 import json
@@ -45,6 +46,9 @@ import re
 import shutil
 import subprocess
 import sys
+
+from cni_plugins.core.records import write_atomic
+from cni_plugins.dnsname.control import stop_resolvers
 
 from . import libcni
 
@@ -284,12 +288,7 @@ def state_path(lab_dir: str) -> str:
 
 
 def save_state(plan: dict) -> None:
-    path = state_path(plan["dir"])
-    os.makedirs(plan["dir"], exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(plan, f, indent=2)
-    os.replace(tmp, path)
+    write_atomic(state_path(plan["dir"]), json.dumps(plan, indent=2).encode())
 
 
 def load_state(name: str) -> dict | None:
@@ -373,20 +372,6 @@ def _write_resolv_conf(pod: dict, result: dict) -> None:
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "resolv.conf"), "w") as f:
         f.write("\n".join(lines) + "\n")
-
-
-def _stop_resolvers(lab_dir: str) -> None:
-    """Resolvers the dnsname plugin left in the lab's hosts (normally the
-    last DEL stops them)."""
-    import glob
-    import signal
-
-    for path in glob.glob(os.path.join(lab_dir, "hosts", "*", "run", "dnsname", "resolver-*.pid")):
-        try:
-            with open(path) as f:
-                os.kill(int(f.read().strip()), signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
 
 
 def _cni_for(plan: dict, host: dict) -> libcni.CNIConfig:
@@ -519,7 +504,8 @@ def down(name: str, plan: dict | None = None, log=_log) -> int:
                     cni.del_network_list(confs[netname], _runtime_conf(pod, ifname))
                 except (libcni.LibCNIError, OSError) as e:
                     log(f"pod {pod['namespace']}/{pod['name']}: DEL {netname} failed: {e}")
-    _stop_resolvers(lab_dir)
+    for host_dir in glob.glob(os.path.join(lab_dir, "hosts", "*")):
+        stop_resolvers(os.path.join(host_dir, "run"))  # normally the last DEL stopped them
     # every netns of the lab: the planned ones plus any leftover by prefix
     names = []
     if plan is not None:

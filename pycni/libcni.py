@@ -27,19 +27,16 @@ import base64
 import ctypes
 import json
 import os
-import re
 import subprocess
-import time
 from dataclasses import dataclass, field
 
-from cni_plugins.core import version as cniversion
+from cni_plugins.core import execute, names, version as cniversion
+from cni_plugins.core.records import write_atomic
 
 DEFAULT_CACHE_DIR = "/var/lib/cni"
 CACHE_KIND = "cniCacheV1"
 CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
-
-_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 
 
 class LibCNIError(Exception):
@@ -194,15 +191,10 @@ class RuntimeConf:
 
 def parse_cni_args(raw: str) -> list[tuple[str, str]]:
     """``"A=b;C=d"`` -> ``[("A", "b"), ("C", "d")]`` (cnitool's parsing)."""
-    pairs = []
-    for part in (raw or "").split(";"):
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise LibCNIError(f"invalid CNI_ARGS pair {part!r}")
-        pairs.append((key, value))
-    return pairs
+    try:
+        return names.parse_cni_args(raw)
+    except ValueError as e:
+        raise LibCNIError(str(e)) from None
 
 
 def _stringify_args(args) -> str:
@@ -210,13 +202,10 @@ def _stringify_args(args) -> str:
 
 
 def _validate_runtime(net: str, rt: RuntimeConf) -> None:
-    if not rt.container_id or not _ID_RE.match(rt.container_id):
-        raise LibCNIError(f"invalid characters in containerID {rt.container_id!r}")
-    if not net or not _ID_RE.match(net):
-        raise LibCNIError(f"invalid characters found in network name {net!r}")
-    name = rt.ifname
-    if not name or len(name) > 15 or name in (".", "..") or any(c in name for c in "/: \t\n"):
-        raise LibCNIError(f"invalid interface name {name!r}")
+    problem = (names.container_id_problem(rt.container_id) or names.network_name_problem(net)
+               or names.ifname_problem(rt.ifname))
+    if problem:
+        raise LibCNIError(problem)
 
 
 def _setns_preexec(netns_path: str):
@@ -269,24 +258,20 @@ class CNIConfig:
     def find_plugin(self, plugin_type: str) -> str:
         if not self.path:
             raise LibCNIError("no paths provided")
-        for d in self.path:
-            candidate = os.path.join(d, plugin_type)
-            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                return candidate
-        raise LibCNIError(f'failed to find plugin "{plugin_type}" in path {self.path}')
+        found = execute.find(self.path, plugin_type)
+        if found is None:
+            raise LibCNIError(f'failed to find plugin "{plugin_type}" in path {self.path}')
+        return found
 
     def _environ(self, command: str, rt: RuntimeConf | None) -> dict:
-        env = dict(os.environ)
-        env.update(self.env)
-        for key in ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS"):
-            env.pop(key, None)
-        env["CNI_COMMAND"] = command
-        env["CNI_PATH"] = os.pathsep.join(self.path)
-        if rt is not None:
-            env["CNI_CONTAINERID"] = rt.container_id
-            env["CNI_NETNS"] = rt.netns
-            env["CNI_IFNAME"] = rt.ifname
-            env["CNI_ARGS"] = _stringify_args(rt.args)
+        base = {**os.environ, **self.env}
+        if rt is None:
+            return execute.cni_environ(base, command, path=self.path)
+        env = execute.cni_environ(base, command, container_id=rt.container_id, netns=rt.netns,
+                                  ifname=rt.ifname, args=_stringify_args(rt.args), path=self.path)
+        # libcni always sets these, even empty (DEL without a netns)
+        env.setdefault("CNI_NETNS", "")
+        env.setdefault("CNI_ARGS", "")
         return env
 
     def exec_plugin(self, plugin_path: str, stdin: bytes, command: str,
@@ -294,23 +279,15 @@ class CNIConfig:
         env = self._environ(command, rt)
         preexec = _setns_preexec(self.exec_netns) if self.exec_netns else None
         plugin = os.path.basename(plugin_path)
-        for attempt in range(6):
-            try:
-                proc = subprocess.run([plugin_path], input=stdin, env=env, capture_output=True,
-                                      timeout=self.timeout, preexec_fn=preexec, cwd="/")
-                break
-            except OSError as e:
-                if e.errno == 26 and attempt < 5:  # ETXTBSY: being installed right now
-                    time.sleep(1)
-                    continue
-                raise PluginError(5, f"failed to run plugin: {e}", plugin=plugin, command=command) from None
-            except subprocess.TimeoutExpired:
-                raise PluginError(5, f"plugin timed out after {self.timeout}s",
-                                  plugin=plugin, command=command) from None
-        stderr = proc.stderr.decode(errors="replace")
-        if proc.returncode != 0:
-            raise _plugin_error(proc.returncode, proc.stdout, stderr, plugin, command)
-        return proc.stdout
+        try:
+            out = execute.run([plugin_path], env, stdin, timeout=self.timeout, preexec_fn=preexec, cwd="/")
+        except OSError as e:
+            raise PluginError(5, f"failed to run plugin: {e}", plugin=plugin, command=command) from None
+        except subprocess.TimeoutExpired:
+            raise PluginError(5, f"plugin timed out after {self.timeout}s", plugin=plugin, command=command) from None
+        if out.rc != 0:
+            raise _plugin_error(out, plugin, command)
+        return out.stdout
 
     def _run(self, conf: dict, command: str, rt: RuntimeConf | None) -> bytes:
         path = self.find_plugin(conf["type"])
@@ -360,11 +337,7 @@ class CNIConfig:
             entry["result"] = result
         path = self.cache_path(netconf.name, rt)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(entry, f)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(entry).encode(), mode=0o600)
 
     def _cache_del(self, netname: str, rt: RuntimeConf) -> None:
         try:
@@ -553,20 +526,20 @@ class CNIConfig:
         return caps
 
 
-def _plugin_error(status: int, stdout: bytes, stderr: str, plugin: str, command: str) -> PluginError:
-    if not stdout.strip():
+def _plugin_error(out: execute.Outcome, plugin: str, command: str) -> PluginError:
+    """What libcni makes of a failed plugin's output."""
+    stderr = out.stderr
+    if not out.stdout.strip():
         if stderr.strip():
             msg = f"netplugin failed: {stderr.strip()!r}"
         else:
-            msg = f"netplugin failed with no error message: exit status {status}"
+            msg = f"netplugin failed with no error message: exit status {out.rc}"
         return PluginError(999, msg, plugin=plugin, command=command, stderr=stderr)
-    try:
-        err = json.loads(stdout)
-        if not isinstance(err, dict):
-            raise ValueError("not an object")
-    except ValueError as e:
+    err = out.output
+    if not isinstance(err, dict):
+        why = out.output_error or "not an object"
         return PluginError(999, f"netplugin failed but error parsing its diagnostic message "
-                                f"{stdout.decode(errors='replace')!r}: {e}",
+                                f"{out.stdout.decode(errors='replace')!r}: {why}",
                            plugin=plugin, command=command, stderr=stderr)
     code = err.get("code", 999)
     return PluginError(code if isinstance(code, int) else 999, str(err.get("msg", "")),

@@ -8,6 +8,8 @@ import uuid
 
 import pytest
 
+from cni_plugins.core import execute
+
 REFERENCE_BIN = "/usr/lib/cni"
 
 
@@ -73,26 +75,18 @@ def exec_plugin(bin_dir, plugin, command, config, *, netns="", container_id="c1"
     """Run a plugin as a runtime does: CNI_* variables and stdin only (plus
     our state-dir and agent overrides), no PATH.  ``prefix`` wraps the
     command (e.g. `ip netns exec HOST`).  Returns (exit code, parsed stdout)."""
-    env = {
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container_id,
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": ifname,
-        "CNI_PATH": path or bin_dir,
-    }
-    if cni_args:
-        env["CNI_ARGS"] = cni_args
+    env = execute.cni_environ({}, command, container_id=container_id, netns=netns, ifname=ifname,
+                              args=cni_args, path=path or bin_dir)
+    env.setdefault("CNI_NETNS", "")
     for key in ("PYCNI_STATE_DIR", "PYCNI_RUN_DIR", "PYCNI_AGENT_SOCKET", "PYCNI_NO_AGENT"):
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(extra_env or {})
     data = config if isinstance(config, (bytes, str)) else json.dumps(config)
-    proc = subprocess.run(
-        [*prefix, os.path.join(bin_dir, plugin)], input=data if isinstance(data, bytes) else data.encode(),
-        env=env, capture_output=True, timeout=60,
-    )
-    out = proc.stdout.decode().strip()
-    return proc.returncode, (json.loads(out) if out else None)
+    out = execute.run([*prefix, os.path.join(bin_dir, plugin)], env,
+                      data if isinstance(data, bytes) else data.encode(), timeout=60)
+    text = out.stdout.decode().strip()
+    return out.rc, (json.loads(text) if text else None)
 
 
 # --- bridge networks ------------------------------------------------------------

@@ -109,7 +109,8 @@ def test_add_check_del(bin_dir, host, bnet, pod, state_dirs):
     assert rc == 0, err
     assert ifb not in links(host)
     assert tbf(host, veth) == [] and not [q for q in qdiscs(host, veth) if q["kind"] == "ingress"]
-    assert not os.listdir(state_dirs["state"] / "bandwidth" / bnet["name"])
+    records = state_dirs["state"] / "bandwidth" / bnet["name"]
+    assert not records.exists() or not os.listdir(records)
     assert in_host(bin_dir, host, "bandwidth", "DEL", conf, ns)[0] == 0
 
 
@@ -273,4 +274,5 @@ def test_a_failed_add_rolls_back_and_leaves_foreign_devices_alone(bin_dir, host,
     assert rc == 1 and out["code"] == 102, out
     assert taken in links(host)
     assert tbf(host, veth) == [] and not [q for q in qdiscs(host, veth) if q["kind"] == "ingress"]
-    assert not os.listdir(state_dirs["state"] / "bandwidth" / bnet["name"])
+    records = state_dirs["state"] / "bandwidth" / bnet["name"]
+    assert not records.exists() or not os.listdir(records)

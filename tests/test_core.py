@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cni_plugins import bridge, bridge_nft
+from cni_plugins import bridge
 from cni_plugins.core import skel, version
 from cni_plugins.core.errors import CNIError
 from cni_plugins.core.request import from_environment, parse_cni_args
@@ -101,8 +101,8 @@ def test_plan_default_gateway_masquerade_and_spoof_check():
     assert [r["dst"] for r in plan.result["routes"]] == ["192.168.50.0/24", "0.0.0.0/0", "::/0"]
     # a route without gw goes via its family's gateway
     assert plan.routes[0]["gw"] == ipaddress.ip_address("10.9.0.1")
-    assert (bridge_nft.MASQUERADE, "masq4", "10.9.0.5") in plan.nft_elements
-    assert (bridge_nft.SPOOFCHK, "spoofchk_ports", "veth1234") in plan.nft_elements
+    assert (bridge.MASQUERADE, "masq4", "10.9.0.5") in plan.nft_elements
+    assert (bridge.SPOOFCHK, "spoofchk_ports", "veth1234") in plan.nft_elements
     assert plan.result["ips"][0] == {"address": "10.9.0.5/24", "interface": 2, "gateway": "10.9.0.1"}
 
 
@@ -131,6 +131,6 @@ def test_requested_mac_must_be_unicast():
 
 
 def test_masquerade_elements_exempt_the_containers_own_subnet():
-    elements = bridge_nft.masq_elements("10.9.0.5", "10.9.0.0/24")
-    assert elements[0] == (bridge_nft.MASQUERADE, "masq4", "10.9.0.5")
+    elements = bridge.masq_elements("10.9.0.5", "10.9.0.0/24")
+    assert elements[0] == (bridge.MASQUERADE, "masq4", "10.9.0.5")
     assert elements[1][2] == {"concat": ["10.9.0.5", {"prefix": {"addr": "10.9.0.0", "len": 24}}]}

@@ -501,9 +501,10 @@ def test_wire_format_survives_garbage():
     import random
     import struct
 
-    from cni_plugins.dnsname import resolver as r
+    from cni_plugins.dnsname import wire as r
+    from cni_plugins.dnsname.zone import Zone
 
-    zone = r.Zone("n", {"domain": DOMAIN, "gateways": ["10.0.0.1"]},
+    zone = Zone("n", {"domain": DOMAIN, "gateways": ["10.0.0.1"]},
                   [{"name": "alpha", "aliases": ["web"], "ips": ["10.0.0.2/24", "fd00::2/64"]}])
     base = [struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 1) + r.encode_name(n) + struct.pack("!HH", t, 1)
             + b"\0" + struct.pack("!HHIH", r.OPT, 4096, 0, 0)

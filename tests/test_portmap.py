@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from cni_plugins.kernel import netns
-from cni_plugins.portmap_nft import PROTOCOLS, Conntrack
+from cni_plugins.kernel.conntrack import Conntrack
+from cni_plugins.portmap import PROTOCOLS
 from conftest import exec_plugin, run, unique
 
 PY = "/usr/bin/python3"

@@ -42,3 +42,14 @@ class CNIError(Exception):
         if self.details:
             out["details"] = self.details
         return out
+
+
+def kernel_failure(plugin: str, what: str, e: Exception) -> CNIError:
+    """A kernel refusal (netlink, nftables) while doing ``what``: code 103."""
+    return CNIError(KERNEL_FAILURE, f"{plugin}: {what}: {e}")
+
+
+def require_same(plugin: str, differences: list[str]) -> None:
+    """CHECK's verdict: the first difference between plan and kernel, as code 104."""
+    if differences:
+        raise CNIError(CHECK_FAILED, f"{plugin}: {differences[0]}")

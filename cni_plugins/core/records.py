@@ -1,58 +1,59 @@
-"""Where pycni keeps its own records.
+"""Our own records of what plugins made, and the one atomic file write.
 
 Persistent records (what an attachment made, so DEL and GC can undo it from
-our own data) live under /var/lib/pycni; volatile ones (sockets, pid files)
-under /run/pycni.  PYCNI_STATE_DIR and PYCNI_RUN_DIR override both, for
-tests and labs; libcni passes the runtime's environment through to plugins.
+our own data) live under the request's state dir (/var/lib/pycni unless
+PYCNI_STATE_DIR says otherwise); volatile ones (sockets, pid files, the
+dnsname zone) under its run dir (/run/pycni, PYCNI_RUN_DIR).  The request
+carries both (core.request), so an agent serving many callers keeps them
+apart.
 """
-import contextvars
 import json
 import os
 
-# The environment of the request being served: os.environ in a plugin
-# process, the caller's environment in the agent (one context per thread).
-request_environ: contextvars.ContextVar = contextvars.ContextVar("request_environ")
 
-
-def _env() -> dict:
-    return request_environ.get(os.environ)
-
-
-def state_dir() -> str:
-    return _env().get("PYCNI_STATE_DIR", "/var/lib/pycni")
-
-
-def run_dir() -> str:
-    return _env().get("PYCNI_RUN_DIR", "/run/pycni")
-
-
-def write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` all at once: readers see the old file
+    or the new one, never a torn one, and no temporary file is left behind
+    even when the write fails half-way."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp{os.getpid()}.{id(data):x}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_json(path: str):
+    """A JSON file's content; None when it is missing or torn."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
 
 
 class RecordStore:
-    """One JSON record per (network, container, interface) attachment."""
+    """One JSON record per (network, container, interface) attachment of
+    one plugin kind, under ``<state dir>/<kind>/<network>/``."""
 
-    def __init__(self, kind: str, network: str):
-        self.dir = os.path.join(state_dir(), kind, network)
+    def __init__(self, state_dir: str, kind: str, network: str):
+        self.dir = os.path.join(state_dir, kind, network)
 
     def _path(self, container_id: str, ifname: str) -> str:
         return os.path.join(self.dir, f"{container_id}-{ifname}.json")
 
     def load(self, container_id: str, ifname: str) -> dict | None:
-        try:
-            with open(self._path(container_id, ifname), "rb") as f:
-                return json.loads(f.read())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return None  # a torn record is as good as none; DEL falls back
+        """The record, or None (a torn record is as good as none: DEL falls back)."""
+        return read_json(self._path(container_id, ifname))
 
     def save(self, container_id: str, ifname: str, record: dict) -> None:
         write_atomic(self._path(container_id, ifname), json.dumps(record).encode())
@@ -83,9 +84,7 @@ class RecordStore:
         records = []
         for name in sorted(names):
             if name.endswith(".json"):
-                try:
-                    with open(os.path.join(self.dir, name), "rb") as f:
-                        records.append(json.loads(f.read()))
-                except (OSError, ValueError):
-                    continue
+                record = read_json(os.path.join(self.dir, name))
+                if isinstance(record, dict):
+                    records.append(record)
         return records

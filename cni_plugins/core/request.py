@@ -1,11 +1,20 @@
-"""The CNI execution protocol's input: environment variables plus stdin config."""
+"""The CNI execution protocol's input: environment variables plus stdin config.
+
+A Request carries everything a plugin may look at: the command, config,
+identifiers, CNI_ARGS, the caller's whole environment (an IPAM plugin
+delegated to by exec inherits it) and the state directories it selects.
+Nothing is read from the process environment behind the request's back,
+so the agent serves many callers at once, each with its own.
+"""
 import json
 import os
-import re
 
-from . import version
+from . import names, version
 from .plain import plain
 from .errors import CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV
+
+DEFAULT_STATE_DIR = "/var/lib/pycni"   # persistent records (PYCNI_STATE_DIR)
+DEFAULT_RUN_DIR = "/run/pycni"         # volatile state (PYCNI_RUN_DIR)
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 # Which variables each command needs (spec section "Parameters").
@@ -19,7 +28,6 @@ _REQUIRED = {
 }
 # Minimum config version for commands added after 0.3.0.
 _SINCE = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
-_CONTAINER_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 
 
 @plain
@@ -33,6 +41,13 @@ class Request:
     path: list[str] = []
     args: dict[str, str] = {}
     raw_config: bytes = b""
+    environ: dict[str, str] = {}
+    state_dir: str = DEFAULT_STATE_DIR
+    run_dir: str = DEFAULT_RUN_DIR
+
+    @property
+    def network(self) -> str:
+        return self.config["name"]
 
     @property
     def runtime_config(self) -> dict:
@@ -54,22 +69,11 @@ class Request:
         return version.result_to_internal(prev)
 
 
-def validate_ifname(name: str) -> None:
-    """The kernel's rules for an interface name (dev_valid_name)."""
-    if not name or len(name) > 15 or name in (".", "..") or any(
-        c in name for c in "/: \t\n"
-    ):
-        raise CNIError(INVALID_ENV, f"invalid CNI_IFNAME {name!r}")
-
-
 def parse_cni_args(raw: str) -> dict[str, str]:
-    args = {}
-    for part in filter(None, raw.split(";")):
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise CNIError(INVALID_ENV, f"invalid CNI_ARGS pair {part!r}")
-        args[key] = value
-    return args
+    try:
+        return dict(names.parse_cni_args(raw))
+    except ValueError as e:
+        raise CNIError(INVALID_ENV, str(e)) from None
 
 
 def parse_config(raw: bytes) -> dict:
@@ -121,9 +125,13 @@ def from_environment(environ=os.environ, stdin: bytes = b"") -> Request:
         path=[p for p in environ.get("CNI_PATH", "").split(os.pathsep) if p],
         args=parse_cni_args(environ.get("CNI_ARGS", "")),
         raw_config=stdin,
+        environ=dict(environ),
+        state_dir=environ.get("PYCNI_STATE_DIR") or DEFAULT_STATE_DIR,
+        run_dir=environ.get("PYCNI_RUN_DIR") or DEFAULT_RUN_DIR,
     )
     if command in ("ADD", "CHECK", "DEL"):
-        if not _CONTAINER_ID.match(req.container_id):
+        if names.container_id_problem(req.container_id):
             raise CNIError(INVALID_ENV, f"invalid CNI_CONTAINERID {req.container_id!r}")
-        validate_ifname(req.ifname)
+        if names.ifname_problem(req.ifname):
+            raise CNIError(INVALID_ENV, f"invalid CNI_IFNAME {req.ifname!r}")
     return req

@@ -9,7 +9,8 @@ import os
 import sys
 
 from . import version
-from .errors import CNIError, IO_FAILURE
+from ..kernel.errors import NftError
+from .errors import CNIError, IO_FAILURE, KERNEL_FAILURE
 
 # Unexpected exceptions map to this code so that the runtime still gets JSON.
 _GENERIC = 999
@@ -18,9 +19,7 @@ _GENERIC = 999
 def handle(plugin, environ, stdin: bytes) -> tuple[int, dict | None]:
     """Run one request; return (exit status, JSON to print or None)."""
     from .request import from_environment
-    from .records import request_environ
 
-    request_environ.set(environ)
     cni_version = "1.1.0"
     try:
         req = from_environment(environ, stdin)
@@ -43,6 +42,8 @@ def handle(plugin, environ, stdin: bytes) -> tuple[int, dict | None]:
         return 0, None
     except CNIError as e:
         error = e
+    except NftError as e:
+        error = CNIError(KERNEL_FAILURE, str(e), e.details)
     except OSError as e:
         error = CNIError(IO_FAILURE, str(e))
     except Exception as e:  # noqa: BLE001 - the runtime must always get JSON

@@ -11,6 +11,8 @@ import os
 import _socket as socket  # not `socket`: it imports selectors and enum at start-up
 import struct
 
+from .errors import NetlinkError
+
 # Message types and flags (linux/netlink.h, linux/rtnetlink.h).
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
@@ -47,10 +49,6 @@ _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _NLHDR = struct.Struct("=IHHII")
 _RTA = struct.Struct("=HH")
-
-
-class NetlinkError(OSError):
-    pass
 
 
 def _align(n: int) -> int:
@@ -93,7 +91,7 @@ def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
     return attrs
 
 
-def _cstr(raw: bytes) -> str:
+def cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode()
 
 
@@ -113,12 +111,12 @@ class Link:
     def __init__(self, payload: bytes):
         _, _, self.index, self.flags, _ = _IFINFO.unpack_from(payload)
         self.attrs = parse_attrs(payload, _IFINFO.size)
-        self.name = _cstr(self.attrs.get(IFLA_IFNAME, b""))
+        self.name = cstr(self.attrs.get(IFLA_IFNAME, b""))
         self.mtu = struct.unpack("=I", self.attrs[IFLA_MTU])[0] if IFLA_MTU in self.attrs else 0
         self.mac = mac_str(self.attrs.get(IFLA_ADDRESS, b""))
         self.master = struct.unpack("=I", self.attrs[IFLA_MASTER])[0] if IFLA_MASTER in self.attrs else 0
         info = parse_attrs(self.attrs.get(IFLA_LINKINFO, b""))
-        self.kind = _cstr(info.get(IFLA_INFO_KIND, b""))
+        self.kind = cstr(info.get(IFLA_INFO_KIND, b""))
 
     @property
     def up(self) -> bool:
@@ -199,7 +197,7 @@ class Netlink:
                     if rflags & 0x200:  # NLM_F_ACK_TLVS
                         inner_len = _NLHDR.unpack_from(payload, 4)[0]
                         skip = 4 + (_NLHDR.size if rflags & 0x100 else inner_len)
-                        text = _cstr(parse_attrs(payload, skip).get(NLMSGERR_ATTR_MSG, b""))
+                        text = cstr(parse_attrs(payload, skip).get(NLMSGERR_ATTR_MSG, b""))
                     raise NetlinkError(code, f"{os.strerror(code)}{': ' + text if text else ''}")
                 replies.append(payload)
 
@@ -397,6 +395,17 @@ class Netlink:
         body = _RTMSG.pack(family, dst.prefixlen, 0, 0, table if 0 < table <= 255 else RT_TABLE_MAIN,
                            RTPROT_BOOT, scope, RTN_UNICAST, 0) + attrs
         self.request(RTM_NEWROUTE, F_CREATE | F_EXCL, body)
+
+    def route_ifname(self, address) -> str:
+        """The interface of the most specific main-table route with an
+        output device that covers ``address`` ('' when none does)."""
+        addr = ipaddress.ip_address(address)
+        best = None
+        for r in self.routes(socket.AF_INET if addr.version == 4 else socket.AF_INET6):
+            if addr in r["dst"] and r["oif"] and (best is None or r["dst"].prefixlen > best["dst"].prefixlen):
+                best = r
+        link = self.link_by_index(best["oif"]) if best else None
+        return link.name if link else ""
 
     def routes(self, family: int = socket.AF_UNSPEC) -> list[dict]:
         """Main-table unicast routes as {dst, gw, oif} with dst an ip_network."""

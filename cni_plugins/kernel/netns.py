@@ -1,45 +1,74 @@
-"""Entering network namespaces from the current thread.
+"""Network namespaces: opening one by path, entering it from the current
+thread, and net.* sysctls.
 
 setns(2) moves only the calling thread, so a netlink socket opened while
 inside stays bound to that namespace after we switch back; files under
 /proc/sys/net opened while inside belong to that namespace too.
 """
+import errno
 import os
 from contextlib import contextmanager
 
-from ..core.errors import CNIError, INVALID_ENV
+from .errors import HostNetnsError, NetnsError
 
 CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703   # ioctl on an nsfs file: the namespace's CLONE_NEW* type
 _libc = None
+
+
+def _ctypes_libc():
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
 
 
 def _setns(fd: int) -> None:
     if hasattr(os, "setns"):  # Python 3.12+
         os.setns(fd, CLONE_NEWNET)
         return
-    global _libc
-    if _libc is None:
-        import ctypes
-
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
+    if _ctypes_libc().setns(fd, CLONE_NEWNET) != 0:
         import ctypes
 
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def open_netns(path: str, code: int = INVALID_ENV) -> int:
-    """Open a netns path, turning 'no such netns' into a CNI error."""
+def _is_netns(fd: int) -> bool:
+    import fcntl
+
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False  # not an nsfs file at all (a regular file, a directory)
+
+
+def current_inode() -> int:
+    """The network namespace this thread runs in (threads may differ)."""
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def open_netns(path: str) -> int:
+    """An fd of the network namespace at ``path`` (a bind mount such as
+    /run/netns/NAME or /proc/PID/ns/net).  NetnsError when the path is
+    missing (errno ENOENT), unreadable, not a network namespace, or the
+    caller's own namespace (a container never shares the host's)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise CNIError(code, f"network namespace {path!r} does not exist") from None
+        raise NetnsError(errno.ENOENT, f"network namespace {path!r} does not exist") from None
     except OSError as e:
-        raise CNIError(code, f"cannot open network namespace {path!r}: {e.strerror}") from None
-    if os.fstat(fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+        raise NetnsError(e.errno, f"cannot open network namespace {path!r}: {e.strerror}") from None
+    try:
+        if not _is_netns(fd):
+            raise NetnsError(errno.EINVAL, f"{path!r} is not a network namespace")
+        if os.fstat(fd).st_ino == current_inode():
+            raise HostNetnsError(errno.EINVAL, f"{path!r} is the host's own network namespace")
+    except BaseException:
         os.close(fd)
-        raise CNIError(INVALID_ENV, f"{path!r} is the host's own network namespace")
+        raise
     return fd
 
 
@@ -55,6 +84,14 @@ def entered(fd: int):
             _setns(home)
     finally:
         os.close(home)
+
+
+def netlink_in(fd: int, protocol: int = 0):
+    """A netlink socket bound to the namespace behind ``fd``."""
+    from .netlink import Netlink
+
+    with entered(fd):
+        return Netlink(protocol)
 
 
 def write_sysctl(key: str, value: str) -> None:

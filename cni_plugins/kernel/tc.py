@@ -12,7 +12,7 @@ import errno
 import _socket as socket  # not `socket`: it imports selectors and enum at start-up
 import struct
 
-from .netlink import F_CREATE, F_DUMP, F_EXCL, Netlink, NetlinkError, _cstr, attr, attr_str, nested, parse_attrs
+from .netlink import F_CREATE, F_DUMP, F_EXCL, Netlink, NetlinkError, cstr, attr, attr_str, nested, parse_attrs
 
 RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
 RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 44, 45, 46
@@ -103,7 +103,7 @@ def qdiscs(nl: Netlink, ifindex: int) -> list[dict]:
         if index != ifindex:
             continue
         attrs = parse_attrs(payload, _TCMSG.size)
-        q = {"kind": _cstr(attrs.get(TCA_KIND, b"")), "handle": handle, "parent": parent}
+        q = {"kind": cstr(attrs.get(TCA_KIND, b"")), "handle": handle, "parent": parent}
         if q["kind"] == "tbf":
             opts = parse_attrs(attrs.get(TCA_OPTIONS, b""))
             if TCA_TBF_PARMS in opts:
@@ -121,12 +121,12 @@ def redirects(nl: Netlink, ifindex: int, parent: int = INGRESS_HANDLE) -> list[i
     out = []
     for payload in nl.request(RTM_GETTFILTER, F_DUMP, _tcmsg(ifindex, 0, parent)):
         attrs = parse_attrs(payload, _TCMSG.size)
-        if _cstr(attrs.get(TCA_KIND, b"")) != "u32":
+        if cstr(attrs.get(TCA_KIND, b"")) != "u32":
             continue
         acts = parse_attrs(parse_attrs(attrs.get(TCA_OPTIONS, b"")).get(TCA_U32_ACT, b""))
         for act in acts.values():
             a = parse_attrs(act)
-            if _cstr(a.get(TCA_ACT_KIND, b"")) != "mirred":
+            if cstr(a.get(TCA_ACT_KIND, b"")) != "mirred":
                 continue
             parms = parse_attrs(a.get(TCA_ACT_OPTIONS, b"")).get(TCA_MIRRED_PARMS)
             if parms and len(parms) >= _MIRRED.size:
