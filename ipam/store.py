@@ -1,10 +1,19 @@
-"""The reference host-local on-disk store, byte for byte (standard library only).
+"""Where host-local keeps its reservations: the interface the allocator is
+written against, and the reference plugin's on-disk store behind it.
 
-``<dataDir>/<network>/`` holds one file per reserved address, named by the
-address (Python's compressed form equals Go's net.IP.String()) and holding
-``<containerID>\\r\\n<ifname>``; ``last_reserved_ip.<N>`` holds the address
-last handed out from range set N; ``lock`` is flock()ed exclusively around
-every change, so this store and the Go plugin can share one directory.
+The interface is the reference's ``backend.Store`` in Python terms: an
+exclusive lock (the store is a context manager), reserve/remove/owner of
+one address, every reservation (readable without the lock: callers
+re-verify under it), and the last address handed out per range set.  An
+owner is the text the reference writes, ``<containerID>\\r\\n<ifname>``
+(``owner_key``).  tests/ipam_memory_store.py is an in-memory one.
+
+``DiskStore`` is the reference layout byte for byte (standard library
+only): ``<dataDir>/<network>/`` holds one file per reserved address, named
+by the address (Python's compressed form equals Go's net.IP.String()) and
+holding the owner; ``last_reserved_ip.<N>`` holds the address last handed
+out from range set N; ``lock`` is flock()ed exclusively around every
+change, so this store and the Go plugin can share one directory.
 """
 import errno
 import fcntl
@@ -14,6 +23,48 @@ import os
 LAST_IP_PREFIX = "last_reserved_ip."
 LINE_BREAK = "\r\n"
 LOCK_NAME = "lock"
+
+
+def owner_key(container_id: str, ifname: str) -> str:
+    return container_id.strip() + LINE_BREAK + ifname
+
+
+class Store:
+    """What the allocator needs of a reservation store."""
+
+    def __enter__(self):
+        """Take the store's exclusive lock (changes happen under it)."""
+        raise NotImplementedError
+
+    def __exit__(self, *exc):
+        raise NotImplementedError
+
+    def reserve(self, addr, owner: str) -> bool:
+        """Reserve ``addr`` for ``owner``; False if it is taken."""
+        raise NotImplementedError
+
+    def remove(self, addr) -> None:
+        """Forget the reservation of ``addr`` (absent is fine)."""
+        raise NotImplementedError
+
+    def owner(self, addr) -> str | None:
+        """The owner of ``addr`` (stripped), None if it is free."""
+        raise NotImplementedError
+
+    def reservations(self) -> dict:
+        """{address: owner} of every reservation."""
+        raise NotImplementedError
+
+    def last_reserved(self, range_id: int):
+        """The address last handed out from range set ``range_id``, or None."""
+        raise NotImplementedError
+
+    def set_last_reserved(self, range_id: int, addr) -> None:
+        raise NotImplementedError
+
+    def ensure_ready(self) -> None:
+        """Raise OSError when the store cannot take reservations (STATUS)."""
+        raise NotImplementedError
 
 
 def address_of(filename: str):
@@ -26,21 +77,18 @@ def address_of(filename: str):
         return None
 
 
-def owner_key(container_id: str, ifname: str) -> str:
-    return container_id.strip() + LINE_BREAK + ifname
-
-
-class Store:
+class DiskStore(Store):
     def __init__(self, data_dir: str, network: str):
         self.dir = os.path.join(data_dir, network)
         self._lock_fd = None
 
-    # -- locking ----------------------------------------------------------
-    def ensure_dir(self) -> None:
+    def ensure_ready(self) -> None:
         os.makedirs(self.dir, mode=0o755, exist_ok=True)
+        if not os.access(self.dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"{self.dir} is not writable")
 
     def __enter__(self):
-        self.ensure_dir()
+        os.makedirs(self.dir, mode=0o755, exist_ok=True)
         fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -54,19 +102,17 @@ class Store:
         fd, self._lock_fd = self._lock_fd, None
         os.close(fd)  # closing drops the flock
 
-    # -- reservations (call with the lock held) ----------------------------
-    def path(self, addr) -> str:
+    def _path(self, addr) -> str:
         return os.path.join(self.dir, str(addr))
 
-    def reserve(self, addr, container_id: str, ifname: str) -> bool:
-        """Create the reservation file; False if the address is taken."""
+    def reserve(self, addr, owner: str) -> bool:
         try:
-            fd = os.open(self.path(addr), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(self._path(addr), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileExistsError:
             return False
         try:
             with os.fdopen(fd, "w", newline="") as f:
-                f.write(owner_key(container_id, ifname))
+                f.write(owner)
         except BaseException:
             self.remove(addr)
             raise
@@ -74,26 +120,13 @@ class Store:
 
     def remove(self, addr) -> None:
         try:
-            os.unlink(self.path(addr))
+            os.unlink(self._path(addr))
         except FileNotFoundError:
             pass
 
-    def last_reserved(self, range_index: int):
+    def owner(self, addr) -> str | None:
         try:
-            with open(os.path.join(self.dir, f"{LAST_IP_PREFIX}{range_index}")) as f:
-                return address_of(f.read().strip())
-        except OSError:
-            return None
-
-    def set_last_reserved(self, range_index: int, addr) -> None:
-        with open(os.path.join(self.dir, f"{LAST_IP_PREFIX}{range_index}"), "w") as f:
-            f.write(str(addr))
-
-    # -- lock-free reads ----------------------------------------------------
-    def read_owner(self, addr) -> str | None:
-        """The stripped content of a reservation file, None if it is gone."""
-        try:
-            with open(self.path(addr), newline="") as f:
+            with open(self._path(addr), newline="") as f:
                 return f.read().strip()
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
@@ -101,8 +134,6 @@ class Store:
             raise
 
     def reservations(self) -> dict:
-        """{address: owner text} for every reservation file (no lock taken;
-        files may come and go meanwhile, callers re-verify under the lock)."""
         try:
             names = os.listdir(self.dir)
         except FileNotFoundError:
@@ -112,30 +143,18 @@ class Store:
             addr = address_of(name)
             if addr is None or str(addr) != name:
                 continue
-            owner = self.read_owner(addr)
+            owner = self.owner(addr)
             if owner is not None:
                 out[addr] = owner
         return out
 
-    def find(self, container_id: str, ifname: str, reservations: dict | None = None) -> list:
-        """Addresses held by this attachment: files holding id + ifname, or,
-        as the reference, if there are none, files holding only the id (the
-        format before ifname was recorded)."""
-        if reservations is None:
-            reservations = self.reservations()
-        key = owner_key(container_id, ifname)
-        found = [a for a, owner in reservations.items() if owner == key]
-        if not found:
-            old = container_id.strip()
-            found = [a for a, owner in reservations.items() if owner == old]
-        return found
+    def last_reserved(self, range_id: int):
+        try:
+            with open(os.path.join(self.dir, f"{LAST_IP_PREFIX}{range_id}")) as f:
+                return address_of(f.read().strip())
+        except OSError:
+            return None
 
-    def release_if_owned(self, candidates: dict) -> list:
-        """With the lock held: remove each {address: owner} candidate whose
-        file still holds that owner.  Returns the addresses removed."""
-        released = []
-        for addr, owner in candidates.items():
-            if self.read_owner(addr) == owner:
-                self.remove(addr)
-                released.append(addr)
-        return released
+    def set_last_reserved(self, range_id: int, addr) -> None:
+        with open(os.path.join(self.dir, f"{LAST_IP_PREFIX}{range_id}"), "w") as f:
+            f.write(str(addr))
