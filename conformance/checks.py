@@ -253,6 +253,15 @@ class Attachment:
         return [i.get("name") for i in (self.result or {}).get("interfaces") or []
                 if isinstance(i, dict) and not i.get("sandbox") and i.get("name") != self.sb.values["bridge"]]
 
+    @property
+    def _routable_ips(self) -> list[str]:
+        return [ip for ip in self.ips if not ipaddress.ip_address(ip).is_loopback]
+
+    def _holding(self, addrs_by_ifname: dict) -> list[tuple[str, str]]:
+        """(address, interface) for each of our addresses still configured."""
+        return [(ip, ifn) for ip in self._routable_ips for ifn, addrs in addrs_by_ifname.items()
+                if any(a.split("/")[0] == ip for a in addrs)]
+
     def leaks(self, fw_before: str, *, netns_alive: bool) -> list[str]:
         sb, p = self.sb, []
         left = wait_link_gone(self.host_ifaces)
@@ -266,24 +275,10 @@ class Attachment:
             for it in (self.result or {}).get("interfaces") or []:
                 if isinstance(it, dict) and it.get("sandbox") and it.get("name") != "lo" and it.get("name") in ns_links:
                     p.append(f"container interface {it['name']} left in netns")
-            ns_addrs = addresses(self.ns)
-            for ip in self.ips:
-                if ipaddress.ip_address(ip).is_loopback:
-                    continue
-                for ifn, addrs in ns_addrs.items():
-                    if any(a.split("/")[0] == ip for a in addrs):
-                        p.append(f"address {ip} left on {ifn} in netns")
-        h_addrs = addresses()
-        for ip in self.ips:
-            if ipaddress.ip_address(ip).is_loopback:
-                continue
-            for ifn, addrs in h_addrs.items():
-                if any(a.split("/")[0] == ip for a in addrs):
-                    p.append(f"address {ip} left on host {ifn}")
+            p += [f"address {ip} left on {ifn} in netns" for ip, ifn in self._holding(addresses(self.ns))]
+        p += [f"address {ip} left on host {ifn}" for ip, ifn in self._holding(addresses())]
         fw_after = firewall_text()
-        for ip in self.ips:
-            if ipaddress.ip_address(ip).is_loopback:
-                continue
+        for ip in self._routable_ips:
             new = [l for l in mentions(fw_after, ip) if l not in set(mentions(fw_before, ip))]
             for line in dict.fromkeys(new):
                 p.append(f"firewall: {line[:140]}")

@@ -25,22 +25,20 @@ def legacy(version: str) -> bool:
     return _vt(version) < (1, 0, 0)
 
 
-def _is_cidr(v) -> bool:
-    if not isinstance(v, str) or "/" not in v:
-        return False
+def _parses(parse, v) -> bool:
     try:
-        ipaddress.ip_interface(v)
+        parse(v)
         return True
     except ValueError:
         return False
+
+
+def _is_cidr(v) -> bool:
+    return isinstance(v, str) and "/" in v and _parses(ipaddress.ip_interface, v)
 
 
 def _is_ip(v) -> bool:
-    try:
-        ipaddress.ip_address(v)
-        return True
-    except ValueError:
-        return False
+    return _parses(ipaddress.ip_address, v)
 
 
 def _is_int(v) -> bool:
@@ -51,6 +49,43 @@ def _strlist(v) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
+def _objects(doc: dict, key: str, p: list[str]):
+    """(where, item) for each object in the list ``doc[key]`` (absent or
+    null: none), noting what is not a list or not an object."""
+    items = doc.get(key, [])
+    if items is None:
+        return
+    if not isinstance(items, list):
+        p.append(f"{key} is not a list")
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            yield f"{key}[{i}]", item
+        else:
+            p.append(f"{key}[{i}] is not an object")
+
+
+def _is_str(v) -> bool:
+    return isinstance(v, str)
+
+
+def _since_1_1(item: dict, where: str, v11: bool, p: list[str], checks) -> None:
+    """Fields that exist only from 1.1.0 on: (key, check, complaint)."""
+    for key, ok, complaint in checks:
+        if key in item:
+            if not v11:
+                p.append(f"{where}.{key} does not exist before 1.1.0")
+            elif not ok(item[key]):
+                p.append(f"{where}.{key} {complaint}")
+
+
+def _cidr_and_ip(item: dict, where: str, cidr_key: str, cidr_what: str, ip_key: str, p: list[str]) -> None:
+    if not _is_cidr(item.get(cidr_key)):
+        p.append(f"{where}.{cidr_key} {item.get(cidr_key)!r} is not {cidr_what}")
+    if ip_key in item and not _is_ip(item[ip_key]):
+        p.append(f"{where}.{ip_key} {item[ip_key]!r} is not an IP address")
+
+
 def validate_result(doc, version: str) -> list[str]:
     """Problems with an ADD success result for ``version``."""
     p: list[str] = []
@@ -59,45 +94,19 @@ def validate_result(doc, version: str) -> list[str]:
     v11 = _vt(version) >= (1, 1, 0)
     if not isinstance(doc.get("cniVersion"), str):
         p.append("cniVersion missing or not a string")
-    ifaces = doc.get("interfaces", [])
-    if ifaces is None:
-        ifaces = []
-    if not isinstance(ifaces, list):
-        p.append("interfaces is not a list")
-        ifaces = []
-    for i, it in enumerate(ifaces):
-        where = f"interfaces[{i}]"
-        if not isinstance(it, dict):
-            p.append(f"{where} is not an object")
-            continue
+    ifaces = doc.get("interfaces") if isinstance(doc.get("interfaces"), list) else []
+    for where, it in _objects(doc, "interfaces", p):
         if not isinstance(it.get("name"), str) or not it.get("name"):
             p.append(f"{where}.name missing")
         if "mac" in it and it["mac"] != "" and not (isinstance(it["mac"], str) and _MAC.match(it["mac"])):
             p.append(f"{where}.mac {it['mac']!r} is not a hardware address")
         if "sandbox" in it and not isinstance(it["sandbox"], str):
             p.append(f"{where}.sandbox is not a string")
-        for key, ok in (("mtu", _is_int), ("socketPath", lambda x: isinstance(x, str)),
-                        ("pciID", lambda x: isinstance(x, str))):
-            if key in it:
-                if not v11:
-                    p.append(f"{where}.{key} does not exist before 1.1.0")
-                elif not ok(it[key]):
-                    p.append(f"{where}.{key} has the wrong type")
-    ips = doc.get("ips", [])
-    if ips is None:
-        ips = []
-    if not isinstance(ips, list):
-        p.append("ips is not a list")
-        ips = []
-    for i, ip in enumerate(ips):
-        where = f"ips[{i}]"
-        if not isinstance(ip, dict):
-            p.append(f"{where} is not an object")
-            continue
-        if not _is_cidr(ip.get("address")):
-            p.append(f"{where}.address {ip.get('address')!r} is not an address/prefix")
-        if "gateway" in ip and not _is_ip(ip["gateway"]):
-            p.append(f"{where}.gateway {ip['gateway']!r} is not an IP address")
+        _since_1_1(it, where, v11, p, [("mtu", _is_int, "has the wrong type"),
+                                       ("socketPath", _is_str, "has the wrong type"),
+                                       ("pciID", _is_str, "has the wrong type")])
+    for where, ip in _objects(doc, "ips", p):
+        _cidr_and_ip(ip, where, "address", "an address/prefix", "gateway", p)
         if "interface" in ip:
             if not _is_int(ip["interface"]) or not 0 <= ip["interface"] < len(ifaces):
                 p.append(f"{where}.interface {ip['interface']!r} is not an index into interfaces")
@@ -109,27 +118,10 @@ def validate_result(doc, version: str) -> list[str]:
                 p.append(f"{where}.version must be \"4\" or \"6\" in {version}")
             elif fam and ip["version"] != fam:
                 p.append(f"{where}.version {ip['version']} does not match {ip['address']}")
-    routes = doc.get("routes", [])
-    if routes is None:
-        routes = []
-    if not isinstance(routes, list):
-        p.append("routes is not a list")
-        routes = []
-    for i, r in enumerate(routes):
-        where = f"routes[{i}]"
-        if not isinstance(r, dict):
-            p.append(f"{where} is not an object")
-            continue
-        if not _is_cidr(r.get("dst")):
-            p.append(f"{where}.dst {r.get('dst')!r} is not a CIDR")
-        if "gw" in r and not _is_ip(r["gw"]):
-            p.append(f"{where}.gw {r['gw']!r} is not an IP address")
-        for key in ("mtu", "advmss", "priority", "table", "scope"):
-            if key in r:
-                if not v11:
-                    p.append(f"{where}.{key} does not exist before 1.1.0")
-                elif not _is_int(r[key]):
-                    p.append(f"{where}.{key} is not an integer")
+    for where, r in _objects(doc, "routes", p):
+        _cidr_and_ip(r, where, "dst", "a CIDR", "gw", p)
+        _since_1_1(r, where, v11, p, [(k, _is_int, "is not an integer")
+                                      for k in ("mtu", "advmss", "priority", "table", "scope")])
     dns = doc.get("dns")
     if dns is not None:
         if not isinstance(dns, dict):

@@ -10,6 +10,7 @@ skip each range's gateway.
 import ipaddress
 
 from cni_plugins.core.errors import CNIError, INVALID_CONFIG
+from cni_plugins.core.plain import plain
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
@@ -167,17 +168,15 @@ class RangeSet:
         return ",".join(str(r) for r in self.ranges)
 
 
+@plain
 class IPAMConfig:
     """The parsed ``ipam`` section plus the requested addresses."""
-
-    def __init__(self, name: str, data_dir: str, range_sets: list[RangeSet],
-                 routes: list[dict], resolv_conf: str, requested: list):
-        self.name = name
-        self.data_dir = data_dir
-        self.range_sets = range_sets
-        self.routes = routes
-        self.resolv_conf = resolv_conf
-        self.requested = requested
+    name: str
+    data_dir: str
+    range_sets: list[RangeSet]
+    routes: list[dict]
+    resolv_conf: str
+    requested: list
 
 
 def check_network_name(name) -> str:

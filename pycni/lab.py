@@ -66,46 +66,16 @@ def lab_root() -> str:
 
 
 # ------------------------------------------------------------------ schema
-# section -> {key: (types, required)}
+# section -> {key: type}; a key marked "!" is required
 
-_STR, _INT, _BOOL, _LIST, _DICT = (str,), (int,), (bool,), (list,), (dict,)
-
-SCHEMA: dict[str, dict[str, tuple[tuple, bool]]] = {
-    "lab": {
-        "name": (_STR, True),
-        "cniVersion": (_STR, False),
-        "cniPath": (_STR, False),
-        "loopback": (_BOOL, False),
-        "hosts": (_LIST, True),
-        "networks": (_LIST, True),
-        "pods": (_LIST, False),
-    },
-    "hosts": {
-        "name": (_STR, True),
-        "underlay": (_STR, False),
-    },
-    "networks": {
-        "name": (_STR, True),
-        "subnet": (_STR, False),
-        "subnet6": (_STR, False),
-        "type": (_STR, False),
-        "bridge": (_STR, False),
-        "isGateway": (_BOOL, False),
-        "ipMasq": (_BOOL, False),
-        "mtu": (_INT, False),
-        "hairpinMode": (_BOOL, False),
-        "cniVersion": (_STR, False),
-        "plugins": (_LIST, False),
-        "dns": (_BOOL, False),
-        "domain": (_STR, False),
-    },
-    "pods": {
-        "name": (_STR, True),
-        "namespace": (_STR, False),
-        "host": (_STR, True),
-        "network": (_STR, True),
-        "ifname": (_STR, False),
-    },
+SCHEMA: dict[str, dict[str, type]] = {
+    "lab": {"name!": str, "cniVersion": str, "cniPath": str, "loopback": bool, "hosts!": list,
+            "networks!": list, "pods": list},
+    "hosts": {"name!": str, "underlay": str},
+    "networks": {"name!": str, "subnet": str, "subnet6": str, "type": str, "bridge": str, "isGateway": bool,
+                 "ipMasq": bool, "mtu": int, "hairpinMode": bool, "cniVersion": str, "plugins": list,
+                 "dns": bool, "domain": str},
+    "pods": {"name!": str, "namespace": str, "host!": str, "network!": str, "ifname": str},
 }
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -114,18 +84,18 @@ _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 def _check_keys(where: str, section: str, obj) -> None:
     if not isinstance(obj, dict):
         raise LabError(f"{where}: expected a mapping, got {type(obj).__name__}")
-    schema = SCHEMA[section]
+    schema = {key.rstrip("!"): (kind, key.endswith("!")) for key, kind in SCHEMA[section].items()}
     for key in obj:
         if key not in schema:
             raise LabError(f"{where}: unknown key {key!r} (known keys: {', '.join(schema)})")
-    for key, (types, required) in schema.items():
+    for key, (kind, required) in schema.items():
         if key not in obj:
             if required:
                 raise LabError(f"{where}: missing required key {key!r}")
             continue
         value = obj[key]
-        if types == _INT and isinstance(value, bool) or not isinstance(value, types):
-            raise LabError(f"{where}: {key!r} must be a {types[0].__name__}, got {value!r}")
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            raise LabError(f"{where}: {key!r} must be a {kind.__name__}, got {value!r}")
 
 
 def _check_name(where: str, value: str, maxlen: int = 30) -> None:

@@ -97,14 +97,20 @@ def version_at_least(v: str, other: str) -> bool:
         raise LibCNIError(e.msg) from None
 
 
-def conflist_from_bytes(raw: bytes, source: str = "") -> NetworkConfigList:
-    where = f" in {source}" if source else ""
+def _json_object(raw: bytes, trouble: str) -> dict:
+    """``raw`` as a JSON object; LibCNIError starting with ``trouble`` if not."""
     try:
         data = json.loads(raw)
     except ValueError as e:
-        raise LibCNIError(f"error parsing configuration list{where}: {e}") from None
+        raise LibCNIError(f"{trouble}: {e}") from None
     if not isinstance(data, dict):
-        raise LibCNIError(f"error parsing configuration list{where}: not a JSON object")
+        raise LibCNIError(f"{trouble}: not a JSON object")
+    return data
+
+
+def conflist_from_bytes(raw: bytes, source: str = "") -> NetworkConfigList:
+    where = f" in {source}" if source else ""
+    data = _json_object(raw, f"error parsing configuration list{where}")
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise LibCNIError(f"error parsing configuration list{where}: no name")
@@ -130,11 +136,8 @@ def conflist_from_bytes(raw: bytes, source: str = "") -> NetworkConfigList:
 def conflist_from_conf(raw: bytes, source: str = "") -> NetworkConfigList:
     """Up-convert a single-plugin config to a list, as libcni does."""
     where = f" in {source}" if source else ""
-    try:
-        conf = json.loads(raw)
-    except ValueError as e:
-        raise LibCNIError(f"error parsing configuration{where}: {e}") from None
-    if not isinstance(conf, dict) or not isinstance(conf.get("type"), str):
+    conf = _json_object(raw, f"error parsing configuration{where}")
+    if not isinstance(conf.get("type"), str):
         raise LibCNIError(f"error parsing configuration{where}: missing 'type'")
     wrapped = {"name": conf.get("name", ""), "cniVersion": conf.get("cniVersion", ""), "plugins": [conf]}
     return conflist_from_bytes(json.dumps(wrapped).encode(), source)
@@ -351,12 +354,7 @@ class CNIConfig:
                 data = f.read()
         except FileNotFoundError:
             return None
-        try:
-            entry = json.loads(data)
-        except ValueError as e:
-            raise LibCNIError(f"failed to unmarshal cached network {netname!r} config: {e}") from None
-        if not isinstance(entry, dict):
-            raise LibCNIError(f"cached network {netname!r} entry is not a JSON object")
+        entry = _json_object(data, f"failed to unmarshal cached network {netname!r} config")
         if entry.get("kind") != CACHE_KIND:
             # libcni's legacy cache: the file is the bare result
             if "cniVersion" in entry and "kind" not in entry:
