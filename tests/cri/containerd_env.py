@@ -43,9 +43,9 @@ import platform
 import signal
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
+from k8s_node import wait_for
 from podman_env import make_busybox_tarball
 
 NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin uses
@@ -57,18 +57,6 @@ SHIM_SOCKET_DIR = "/run/containerd/s"  # fixed in containerd 1.6, whatever the c
 
 def _run(*cmd, check=True, timeout=60, **kw):
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def wait_for(fn, timeout: float, what: str, interval=0.1):
-    """Poll fn until it returns something true; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 # --- the image ------------------------------------------------------------------
