@@ -44,8 +44,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cri
 from client import CRIClient, Port, compile_cri  # noqa: E402
 from containerd_env import SANDBOX_IMAGE, Containerd, make_sandbox_image  # noqa: E402
 from k8s_node import (GAP_BANDWIDTH, GAP_PORTMAP_KEYS, SOMAXCONN, eth0_ipv4, files_naming,  # noqa: E402
-                      free_port, host_veth_of, in_netns, installed, k8s_conflist, leftovers, node_links,
-                      node_nft, pod_subnets, shaping, tcp_answer, wait_for)
+                      free_port, host_veth_of, in_netns, k8s_conflist, leftovers, node_links, node_nft,
+                      pod_subnets, shaping, tcp_answer, wait_for)
+from k8s_node import installed  # noqa: E402,F401  (a fixture: pytest finds it by name)
 
 MISSING = [t for t in ("containerd", "ctr", "runc", "nsenter", "tc") if not shutil.which(t)] + \
     [f for f in ("/bin/busybox",) if not os.path.exists(f)]

@@ -48,9 +48,9 @@ from conftest import unique
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cri"))
 from k8s_node import (GAP_BANDWIDTH, GAP_BANDWIDTH_BURST, GAP_BANDWIDTH_LIMIT, GAP_PORTMAP_KEYS,  # noqa: E402
-                      PYCNI, eth0_ipv4,
-                      eth0_mac, free_port, host_veth_of, installed, k8s_conflist, leftovers, listen_in,
-                      make_node_ns, pod_subnets, shaping, tcp_answer, wait_for)
+                      PYCNI, eth0_ipv4, eth0_mac, free_port, host_veth_of, k8s_conflist, leftovers, listen_in,
+                      pod_subnets, shaping, tcp_answer, wait_for)
+from k8s_node import installed  # noqa: E402,F401  (a fixture: pytest finds it by name)
 
 K8S_ARGS = ("K8S_POD_INFRA_CONTAINER_ID=0123abcd;K8S_POD_UID=5f0c6a4e-1b2c-4d3e-8f90-a1b2c3d4e5f6;IgnoreUnknown=1;"
             "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0")
@@ -156,13 +156,13 @@ class Attachment:
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c[0], marks=[pytest.mark.xfail(strict=True, reason=c[4])]
                                                if c[4] else []) for c in FORMS])
-def test_runtime_forms_are_accepted(case, installed, make_node_ns, tmp_path):
+def test_runtime_forms_are_accepted(case, installed, make_netns, tmp_path):
     _, cap_args, cni_args, expect, _ = case
     subnet, other = pod_subnets(2)
     fields = {"port": free_port(), "subnet": subnet, "other": other,
               **{f"{name}.{n}": net.network_address + n for name, net in (("subnet", subnet), ("other", other))
                  for n in (1, 7, 50, 60)}}
-    node_ns, pod_ns = make_node_ns("pcnf"), make_node_ns("pcnp")
+    node_ns, pod_ns = make_netns("pcnf"), make_netns("pcnp")
     # A runtime that sends ipRanges supplies the ranges: host-local prepends
     # them to the configured ones (as the reference does), so the conflist has none.
     configured = None if "ipRanges" in cap_args else subnet

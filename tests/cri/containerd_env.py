@@ -46,7 +46,7 @@ import tarfile
 from pathlib import Path
 
 from k8s_node import wait_for
-from podman_env import make_busybox_tarball
+from podman_env import make_busybox_tarball, mounts_under
 
 NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin uses
 SANDBOX_IMAGE = "localhost/pycni-pause:e2e"
@@ -176,16 +176,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 pids.append(int(pid))
         return pids
 
-    def mounts(self) -> list[str]:
-        base = str(self.base.resolve())
-        found = []
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                target = line.split()[1].replace("\\040", " ")
-                if target == base or target.startswith(base + "/"):
-                    found.append(target)
-        return found
-
     def stop(self) -> list[str]:
         """Stop containerd; kill and unmount what it left; return what was left."""
         problems = []
@@ -205,7 +195,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for target in sorted(self.mounts(), key=len, reverse=True):
+        for target in mounts_under(self.base):
             problems.append(f"still mounted: {target}")
             _run("umount", "-l", target, check=False)
         if self.made_shim_dir:

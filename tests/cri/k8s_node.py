@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import random
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, unique
+from conftest import run
 from podman_env import mentions
 
 PYCNI = str(Path(sys.executable).with_name("pycni"))   # the venv's console script
@@ -89,24 +88,7 @@ def wait_for(fn, timeout: float, what: str, interval=0.1):
         time.sleep(interval)
 
 
-# --- namespaces -----------------------------------------------------------------
-@pytest.fixture
-def make_node_ns():
-    """Factory for network namespaces with lo up; all deleted at teardown."""
-    made = []
-
-    def make(prefix: str) -> str:
-        name = unique(prefix)
-        run("ip", "netns", "add", name)
-        made.append(name)
-        run("ip", "-n", name, "link", "set", "lo", "up")
-        return name
-
-    yield make
-    for name in made:
-        run("ip", "netns", "delete", name, check=False)
-
-
+# --- running in a namespace -------------------------------------------------------
 def in_netns(path: str, *cmd, timeout=30, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(["nsenter", f"--net={path}", *cmd], capture_output=True, text=True,
                           timeout=timeout, **kw)
