@@ -43,7 +43,7 @@ from conftest import run, unique
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cri"))
 from client import CRIClient, Port, compile_cri  # noqa: E402
 from containerd_env import SANDBOX_IMAGE, Containerd, make_sandbox_image  # noqa: E402
-from k8s_node import (GAP_BANDWIDTH, GAP_PORTMAP_KEYS, SOMAXCONN, eth0_ipv4, files_naming,  # noqa: E402
+from k8s_node import (GAP_BANDWIDTH, GAP_PORTMAP_KEYS, SOMAXCONN, eth0_ipv4,  # noqa: E402
                       free_port, host_veth_of, in_netns, k8s_conflist, leftovers, node_links, node_nft,
                       pod_subnets, shaping, tcp_answer, wait_for)
 from k8s_node import installed  # noqa: E402,F401  (a fixture: pytest finds it by name)
@@ -259,8 +259,10 @@ def test_pod_network_lifecycle(node, pods):
         assert (call["env"]["CNI_NETNS"], call["env"]["CNI_IFNAME"]) == (path, "eth0")
         assert call["env"]["PYCNI_STATE_DIR"] == str(node.state_dir)
         assert "ipRanges" not in (call["config"].get("runtimeConfig") or {})
-    assert files_naming(node.state_dir, pod_id), \
-        "our plugins keep records of the pod in PYCNI_STATE_DIR (else the cleanup check below proves nothing)"
+    # While the pod runs, each kind of leftover the checks below look for is there.
+    present = " | ".join(node.leftovers(pod_id, ip, veth, path))
+    for kind in ("host veth", "host-local still reserves", "nft names", "record left", "netns"):
+        assert kind in present, f"{kind!r} not found for a running pod: {present}"
 
     node.cri.stop_pod(pod_id)
     assert not node.leftovers(pod_id, ip, veth, path)

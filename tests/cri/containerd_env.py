@@ -109,6 +109,7 @@ class Containerd:
         self.log_path = base / "containerd.log"
         self.env = {**os.environ, **env}
         self.proc: subprocess.Popen | None = None
+        self.made_shim_dir = not os.path.exists(SHIM_SOCKET_DIR)
         base.mkdir(parents=True, exist_ok=True)
         self.config.write_text(f"""\
 version = 2
@@ -141,7 +142,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 """)
 
     def start(self, timeout=30) -> None:
-        self.made_shim_dir = not os.path.exists(SHIM_SOCKET_DIR)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{self.node_netns}", "containerd", "--config", str(self.config)],
