@@ -8,7 +8,7 @@ and then execs our plugin unchanged.  The chain is bridge + host-local +
 portmap + bandwidth + tuning, from a conflist template whose subnet is
 containerd's `{{.PodCIDR}}`.
 
-A CRI v1 client (tests/cri/client.py) plays kubelet: it starts the node as
+A CRI v1 client (tests/cri/cri_client.py) plays kubelet: it starts the node as
 kubelet does (Status, then UpdateRuntimeConfig with the node's pod CIDR,
 which makes containerd render the template into its conf dir), runs pod
 sandboxes with metadata, port mappings, bandwidth annotations and DNS
@@ -41,7 +41,7 @@ import pytest
 from conftest import run, unique
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cri"))
-from client import CRIClient, Port, compile_cri  # noqa: E402
+from cri_client import CRIClient, Port, compile_cri  # noqa: E402
 from containerd_env import SANDBOX_IMAGE, Containerd, make_sandbox_image  # noqa: E402
 from k8s_node import (GAP_BANDWIDTH, GAP_PORTMAP_KEYS, SOMAXCONN, eth0_ipv4,  # noqa: E402
                       free_port, host_veth_of, in_netns, k8s_conflist, leftovers, node_links, node_nft,
