@@ -29,8 +29,9 @@ also recorded live by test_containerd.py::test_what_containerd_sends:
 
 The reference Go plugins decode runtimeConfig with encoding/json, which
 matches keys case-insensitively, so they take containerd's capitalized
-forms; with the reference portmap and bandwidth behind the same chain, every
-case below passes (checked by hand on this machine).
+forms; with Debian's reference portmap and bandwidth (1.1.1) put in place of
+ours, every portMappings and bandwidth case below passes, the xfailed ones
+included (checked by hand on this machine).
 """
 from __future__ import annotations
 
