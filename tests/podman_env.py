@@ -485,16 +485,21 @@ class PodmanEnv:
         return problems
 
     def _unmount_and_remove(self):
-        base = str(self.base.resolve())
-        mounts = []
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                target = line.split()[1].replace("\\040", " ")
-                if target == base or target.startswith(base + "/"):
-                    mounts.append(target)
-        for target in sorted(mounts, key=len, reverse=True):
+        for target in mounts_under(self.base):
             _run("umount", "-l", target)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def mounts_under(path: str | os.PathLike) -> list[str]:
+    """Mount points at or below path, deepest first (the order to unmount)."""
+    base = str(Path(path).resolve())
+    found = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            target = line.split()[1].replace("\\040", " ")
+            if target == base or target.startswith(base + "/"):
+                found.append(target)
+    return sorted(found, key=len, reverse=True)
 
 
 def listening_on(addr: str, port: int) -> list[str]:
