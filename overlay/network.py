@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import netaddr
 
 
+WIDTH = {4: 32, 6: 128}
+
+
 class NetworkConfigError(ValueError):
     pass
 
@@ -35,7 +38,7 @@ class Network:
             net = _parse(cidr, version)
             if str(net.cidr) != cidr:
                 object.__setattr__(self, "cidr4" if version == 4 else "cidr6", str(net.cidr))
-            if not net.prefixlen < prefix <= net.max_prefixlen - 2:
+            if not net.prefixlen < prefix <= WIDTH[version] - 2:
                 raise NetworkConfigError(f"subnet prefix /{prefix} does not fit in {cidr}")
         if self.cidr4 and self.cidr6 and self._count(6) < self._count(4):
             raise NetworkConfigError(
@@ -62,7 +65,7 @@ class Network:
         if not cidr:
             return None
         base = netaddr.IPNetwork(cidr)
-        size = 1 << (base.max_prefixlen - prefix)
+        size = 1 << (WIDTH[base.version] - prefix)
         return f"{netaddr.IPAddress(base.first + slot * size, version)}/{prefix}"
 
     def subnets(self, slot: int) -> tuple[str | None, str | None]:
@@ -82,7 +85,7 @@ class Network:
         base = netaddr.IPNetwork(cidr)
         if net.version != base.version or net.prefixlen != prefix or net not in base or net.ip != net.network:
             return None
-        return (net.first - base.first) >> (base.max_prefixlen - prefix)
+        return (net.first - base.first) >> (WIDTH[base.version] - prefix)
 
     def cidrs(self) -> list[str]:
         return [c for c in (self.cidr4, self.cidr6) if c]
