@@ -45,8 +45,10 @@ def main(argv=None) -> int:
                         help="on SIGTERM/SIGINT keep the lease and dataplane (restart, upgrade)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=logging.DEBUG if args.pop("verbose") else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    if args.pop("verbose"):
+        logging.getLogger("overlay").setLevel(logging.DEBUG)
     keep = args.pop("keep_on_exit")
     try:
         controller = OverlayController(load(args.pop("config"), args))

@@ -201,6 +201,7 @@ class OverlayController:
     def _renew(self) -> None:
         try:
             self.lease = self.store.renew(self.lease)
+            log.debug("renewed %s for %.0fs", self.lease.key, self.lease.expires - time.time())
         except LeaseLost as e:
             log.error("lost our lease: %s; acquiring another", e)
             self.lease = None

@@ -260,3 +260,50 @@ def ip_show(ns, *what) -> str:
 
 def bridge_fdb(ns, device) -> str:
     return run("bridge", "-n", ns, "fdb", "show", "dev", device, check=False).stdout
+
+
+# --- traffic between pods --------------------------------------------------------------
+ECHO_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8)
+print('listening', flush=True)
+while True:
+    c, _ = s.accept()
+    while data := c.recv(65536):
+        c.sendall(data)
+    c.close()
+"""
+
+STREAM_CLIENT = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+n = 0
+while True:
+    msg = b'%08d' % n
+    c.sendall(msg)
+    got = b''
+    while len(got) < len(msg):
+        chunk = c.recv(len(msg) - len(got))
+        if not chunk:
+            sys.exit('closed')
+        got += chunk
+    assert got == msg, (got, msg)
+    n += 1
+    print(n, flush=True)
+    time.sleep(0.05)
+"""
+
+
+def start_python(ns, code, *args, log):
+    return subprocess.Popen(netns_exec(ns, PYTHON, "-c", code, *map(str, args)),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def tcp_echo_once(client_ns, address, port, payload=b"hello over the overlay"):
+    code = ("import socket,sys; c=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5);"
+            "c.sendall(sys.argv[3].encode()); print(c.recv(1024).decode())")
+    out = subprocess.run(netns_exec(client_ns, PYTHON, "-c", code, address, str(port), payload.decode()),
+                         capture_output=True, text=True)
+    return out.stdout.strip() == payload.decode()

@@ -47,27 +47,35 @@ def read(ipr: IPRoute, interface: str | None) -> Underlay:
 
 class AddressMonitor:
     """Calls ``changed()`` from its own thread on every address or link
-    event; the caller re-reads the underlay and decides."""
+    event; the caller re-reads the underlay and decides.  The netlink
+    socket is made, bound and read in that thread: pyroute2's sync API
+    ties a socket to the thread that made it."""
 
     def __init__(self, changed: Callable[[], None]):
         self.changed = changed
-        self.ipr = IPRoute()
-        self.ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
         self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
+        self._bound = threading.Event()
         self.thread = threading.Thread(target=self._run, name="overlay-underlay-monitor", daemon=True)
         self.thread.start()
+        self._bound.wait()  # events from here on are seen
 
     def _run(self) -> None:
-        while True:
-            ready, _, _ = select.select([self.ipr.fileno(), self.stop_r], [], [])
-            if self.stop_r in ready:
-                return
-            if self.ipr.get():
-                self.changed()
+        ipr = IPRoute()
+        try:
+            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+            self._bound.set()
+            while True:
+                ready, _, _ = select.select([ipr.fileno(), self.stop_r], [], [])
+                if self.stop_r in ready:
+                    return
+                if ipr.get():
+                    self.changed()
+        finally:
+            self._bound.set()
+            ipr.close()
 
     def close(self) -> None:
         os.write(self.stop_w, b"x")
         self.thread.join()
-        self.ipr.close()
         os.close(self.stop_r)
         os.close(self.stop_w)
