@@ -237,3 +237,18 @@ def renewed_since_outage(host):
     log = host.controller.log_text()
     failed = log.rfind("no etcd endpoint answered")
     return failed >= 0 and "renewed" in log[failed:]
+
+
+@pytest.mark.parametrize("lab", ["file"], indirect=True)
+def test_direct_routing_skips_encapsulation_on_a_shared_underlay_subnet(lab):
+    for host in lab.hosts:  # the same lab, restarted with directRouting
+        host.controller.stop()
+        host.start(directRouting=True)
+    wait_for(lambda: converged(lab), what="convergence with direct routes")
+    a, b, c = lab.hosts
+    routes = ip_show(a.ns, "route", "show", "proto", "112")
+    assert f"{b.state()['subnet']} via {b.address} dev eth0" in routes
+    assert f"{c.state()['subnet']} via {c.address} dev eth0" in routes
+    # IPv6 pod subnets cannot use an IPv4 next hop: they stay on VXLAN
+    assert f"via {b.state()['vtep']['address6']} dev {DEVICE}" in ip_show(a.ns, "-6", "route", "show", "proto", "112")
+    assert wait_for(lambda: converged(lab, 6), what="IPv6 over VXLAN beside direct IPv4")
