@@ -115,7 +115,7 @@ class OverlayController:
         while not self._stopping.is_set():
             wake = min(renew_at if self.lease else retry_at, resync_at, retry_at if dirty else resync_at)
             for event in self._drain(max(0.0, wake - time.monotonic())):
-                if event is STOP:
+                if event == STOP:
                     return
                 if event == UNDERLAY_CHANGED:
                     if self._underlay_moved(dataplane):

@@ -52,22 +52,20 @@ class Dataplane:
         try:
             index = self._device(plan.device, plan.device_spec, observed)
             names = {name: i for i, name in self._names().items()}
-            for r in plan.routes.remove:
-                route.remove(self.ipr, r, names.get(r.device))
-            for n in plan.neighbours.remove:
-                neighbour.remove(self.ipr, n, index)
-            for e in plan.fdb.remove:
-                fdb.remove(self.ipr, e, index)
+
+            def on(module, item):  # routes name their device; the rest hang on ours
+                return names.get(item.device) if module is route else index
+
+            for module, changes in ((route, plan.routes), (neighbour, plan.neighbours), (fdb, plan.fdb)):
+                for item in changes.remove:
+                    module.remove(self.ipr, item, on(module, item))
             for cidr in plan.addresses.remove:
                 device.remove_address(self.ipr, index, cidr)
             for cidr in plan.addresses.add:
                 device.add_address(self.ipr, index, cidr)
-            for e in plan.fdb.add:
-                fdb.put(self.ipr, e, index)
-            for n in plan.neighbours.add:
-                neighbour.put(self.ipr, n, index)
-            for r in plan.routes.add:
-                route.put(self.ipr, r, names[r.device])
+            for module, changes in ((fdb, plan.fdb), (neighbour, plan.neighbours), (route, plan.routes)):
+                for item in changes.add:
+                    module.put(self.ipr, item, on(module, item))
         except (NetlinkError, device.ForeignDevice, KeyError) as e:
             raise DataplaneError(f"applying the overlay plan: {e}") from e
         if plan.allowed is not None:

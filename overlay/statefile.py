@@ -30,6 +30,7 @@ import os
 
 from .config import OverlayConfig
 from .desired import Underlay
+from .files import write_json
 from .lease import Lease
 from .network import vtep_address
 
@@ -49,11 +50,7 @@ def render(config: OverlayConfig, lease: Lease, underlay: Underlay, mtu: int) ->
 
 
 def write(path: str, state: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, state)
 
 
 def read(path: str) -> dict | None:

@@ -16,10 +16,10 @@ import os
 import select
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
+from ..files import write_json
 from ..lease import Lease, LeaseRequest
 from ..network import Network
 from .base import LeaseEvent, LeaseLost, LeaseStore, LeaseWatch, WatchBatch, own_lease
@@ -102,10 +102,7 @@ class FileStore(LeaseStore):
         return live
 
     def _write(self, lease: Lease) -> Lease:
-        tmp = os.path.join(self.tmp_dir, f"{lease.key}.{uuid.uuid4().hex}")
-        with open(tmp, "w") as f:
-            json.dump(lease.to_json(), f)
-        os.replace(tmp, self._file(lease.key))
+        write_json(self._file(lease.key), lease.to_json(), tmp_dir=self.tmp_dir)
         return lease
 
     @contextmanager
