@@ -209,7 +209,7 @@ def test_a_pod_tcp_stream_survives_controller_and_etcd_restarts_and_an_outage(la
         # a controller crash and restart: kernel state stays, the new one adopts it
         a.controller.stop(signal.SIGKILL)
         flowing()
-        a.start()
+        a.start(extra_args=("--keep-on-exit",))
         flowing()
         # an etcd restart
         lab.etcd.kill(0)
@@ -226,6 +226,10 @@ def test_a_pod_tcp_stream_survives_controller_and_etcd_restarts_and_an_outage(la
         wait_for(lambda: renewed_since_outage(a), timeout=30, what="a renewal after the outage")
         flowing()
         assert converged(lab)
+        # a clean stop that keeps lease and dataplane (an upgrade) does not interrupt either
+        assert a.controller.stop() == 0
+        assert DEVICE in ip_show(a.ns, "link") and a.state_file.exists()
+        flowing()
     finally:
         client.kill()
         server.kill()
