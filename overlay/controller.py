@@ -67,7 +67,6 @@ class OverlayController:
         self._stopping = threading.Event()
         self._leave = True
         self._watch = None
-        self._state: dict | None = None
 
     # --- public API -----------------------------------------------------------------
     def stop(self, leave: bool = True) -> None:
@@ -230,9 +229,8 @@ class OverlayController:
             log.info("applying %s", plan.summary())
             dataplane.apply(plan, observed)
         state = statefile.render(self.config, self.lease, self.underlay, overlay_mtu(self.config, self.underlay))
-        if state != self._state:
-            statefile.write(self.config.state_file, state)
-            self._state = state
+        if statefile.sync(self.config.state_file, state):
+            log.info("node state written to %s", self.config.state_file)
         self.ready.set()
 
     def _leave_cluster(self, dataplane: Dataplane) -> None:

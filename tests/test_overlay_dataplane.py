@@ -182,8 +182,8 @@ def test_vxlan_from_an_unknown_underlay_address_is_dropped(lab):
 
 
 def dropped(host):
-    out = run(*netns_exec(host.ns, "nft", "list", "chain", "inet", "pycni_overlay", "input")).stdout
-    return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
+    out = run(*netns_exec(host.ns, "nft", "list", "counter", "inet", "pycni_overlay", "dropped")).stdout
+    return int(re.search(r"packets (\d+)", out).group(1))
 
 
 @pytest.mark.parametrize("lab", ["etcd"], indirect=True)
