@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     u = lsub.add_parser("up", help="create the lab described by FILE")
     u.add_argument("file")
     u.add_argument("--cni-path", help="use plugins from DIR (default: install pycni's into the lab dir)")
+    a = lsub.add_parser("apply", help="bring a running lab to its changed FILE",
+                        description="Hosts and pods added or removed, hosts' underlay addresses changed, "
+                                    "agents and etcd members that died started again; the rest keeps "
+                                    "running.  Networks cannot change in a running lab.")
+    a.add_argument("file")
     d = lsub.add_parser("down", help="tear a lab down (FILE or lab name); works after a failed up")
     d.add_argument("lab", metavar="FILE|NAME")
     st = lsub.add_parser("status", help="show hosts and pods of a lab")
