@@ -76,8 +76,15 @@ def ensure_running(plan: dict, hosts: list[dict], log) -> None:
 
 
 def stop(host: dict, sig: int = signal.SIGTERM) -> bool:
-    """SIGTERM: the agent leaves the overlay (lease released, dataplane removed)."""
-    return processes.stop(paths(host)["pid"], sig)
+    """SIGTERM: the agent leaves the overlay (lease released, dataplane
+    removed).  An agent its pid file lost track of (its own status file
+    names it, and it was started with that very file) is stopped too."""
+    p = paths(host)
+    stopped = processes.stop(p["pid"], sig)
+    report = read_json(p["status"])
+    pid = report.get("pid") if isinstance(report, dict) else None
+    start = processes.started_as(pid, p["status"]) if isinstance(pid, int) else None
+    return (processes.terminate(pid, start, sig) if start else True) and stopped
 
 
 def lease(plan: dict, host: dict) -> dict | None:

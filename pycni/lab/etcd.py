@@ -65,6 +65,12 @@ def _said(log_path: str, offset: int, line: str) -> bool:
         return line.encode() in f.read()
 
 
+def status(etcd: dict) -> dict:
+    return {"netns": etcd["netns"], "address": etcd["address"],
+            "members": [{"name": m["name"], "client": m["client"],
+                         "pid": processes.running(_paths(etcd, m)["pid"])} for m in etcd["members"]]}
+
+
 def pid_files(lab_dir: str) -> list[str]:
     d = os.path.join(lab_dir, "etcd")
     try:

@@ -39,36 +39,60 @@ def spawn(cmd: list[str], log_path: str, pid_path: str, netns: str | None = None
     return proc.pid
 
 
+def _record(pid_path: str) -> tuple[int, str] | None:
+    record = read_json(pid_path)
+    if isinstance(record, dict) and isinstance(record.get("pid"), int):
+        return record["pid"], record.get("start")
+    return None
+
+
+def alive(pid: int, start: str | None) -> bool:
+    """Is ``pid`` still the process that started at ``start``?"""
+    now = _start_time(pid)
+    return now is not None and now == start
+
+
 def running(pid_path: str) -> int | None:
     """The pid of the process ``pid_path`` records, if it still runs."""
-    record = read_json(pid_path)
-    if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
-        return None
-    start = _start_time(record["pid"])
-    return record["pid"] if start is not None and start == record.get("start") else None
+    record = _record(pid_path)
+    return record[0] if record and alive(*record) else None
+
+
+def terminate(pid: int, start: str, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> bool:
+    """Signal a process and wait for it to end (SIGKILL after ``timeout``);
+    False if it would not die."""
+    for signum, wait in ((sig, timeout), (signal.SIGKILL, 5.0)):
+        if not alive(pid, start):
+            return True
+        os.kill(pid, signum)
+        deadline = time.monotonic() + wait
+        while alive(pid, start) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return not alive(pid, start)
 
 
 def stop(pid_path: str, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> bool:
-    """Signal the recorded process and wait for it to end (SIGKILL after
-    ``timeout``); forget it.  False if it would not die."""
-    pid = running(pid_path)
-    if pid is not None:
-        os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while running(pid_path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if running(pid_path):
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while running(pid_path) and time.monotonic() < deadline:
-                time.sleep(0.05)
-    gone = running(pid_path) is None
-    if gone:
-        try:
-            os.unlink(pid_path)
-        except FileNotFoundError:
-            pass
-    return gone
+    """Stop the process ``pid_path`` records and forget it; False if it
+    would not die."""
+    record = _record(pid_path)
+    if record and not terminate(*record, sig, timeout):
+        return False
+    try:
+        os.unlink(pid_path)
+    except FileNotFoundError:
+        pass
+    return True
+
+
+def started_as(pid: int, text: str) -> str | None:
+    """The start time of process ``pid`` if its command line holds
+    ``text`` (a path only this process was given), else None."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return _start_time(pid) if text in cmdline else None
 
 
 def log_tail(log_path: str, lines: int = 15) -> str:

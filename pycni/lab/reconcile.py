@@ -186,7 +186,11 @@ def down(name: str, plan: dict | None = None, log=_log) -> int:
         for pod in reversed(state["pods"]):
             cni.detach(state, by_name.get(pod["host"]), pod, log)
     # agents leave (and release their leases) before their store goes
-    for pid_file in glob.glob(os.path.join(lab_dir, "hosts", "*", "agent", "agent.pid")) + etcd.pid_files(lab_dir):
+    for host_dir in glob.glob(os.path.join(lab_dir, "hosts", "*")):
+        if not agents.stop({"dir": host_dir}):
+            log(f"could not stop the agent of {host_dir}")
+            problems += 1
+    for pid_file in etcd.pid_files(lab_dir):
         if not processes.stop(pid_file):
             log(f"could not stop the process of {pid_file}")
             problems += 1

@@ -2,7 +2,7 @@
 on an overlay lab), networks and pods, as JSON or as tables."""
 from __future__ import annotations
 
-from . import agents
+from . import agents, etcd
 from .spec import LabError
 
 
@@ -32,6 +32,7 @@ def status_json(state: dict) -> dict:
         "networks": [{"name": n["name"], **{k: n[k] for k in ("type", "subnet", "subnet6", "clusterCIDR",
                                                              "clusterCIDR6", "bridge") if k in n}}
                      for n in state["networks"]],
+        **({"etcd": etcd.status(state["overlay"]["etcd"])} if (state.get("overlay") or {}).get("etcd") else {}),
         "pods": [{"name": p["name"], "namespace": p["namespace"], "host": p["host"],
                   "network": p["network"], "netns": p["netns"], "ifname": p["ifname"],
                   "containerId": p["containerId"],
