@@ -335,7 +335,13 @@ def _configure_container_side(cfg: BridgeConfig, plan: Plan, sandbox: Sandbox, l
         cont.add_address(link.index, addr, nodad=not cfg.enable_dad)
     cont.set_link(link.index, up=True)
     for r in plan.routes:
-        cont.add_route(r["dst"], r["gw"], link.index, mtu=r["mtu"], advmss=r["advmss"], priority=r["priority"])
+        try:
+            cont.add_route(r["dst"], r["gw"], link.index, mtu=r["mtu"], advmss=r["advmss"], priority=r["priority"])
+        except NetlinkError as e:
+            # a route to the interface's own subnet is there already (the
+            # kernel adds it with the address): the reference accepts it too
+            if e.errno != errno.EEXIST:
+                raise
 
 
 def apply_plan(cfg: BridgeConfig, plan: Plan, host: Netlink, sandbox: Sandbox) -> dict:
