@@ -1,0 +1,117 @@
+"""Keeping the kernel equal to the sources.
+
+`Enforcer.apply(inputs)` compiles (pure, and every object was validated
+when parsed, so an invalid policy never gets this far), then under the
+netns lock reads what our tables hold now, diffs and applies the difference
+as one transaction.  Nothing is ever flushed and refilled: after a restart
+the first reconcile against the tables the previous run left is a no-op,
+so no packet is judged by a half-built ruleset.
+
+`PolicyController` is what the node agent runs: sources plus a registry of
+endpoints the CNI plugin registers, reconciled on every change.  A source
+that turns invalid keeps its last valid content (the error is kept in
+``errors``); one that was never valid stops reconciling altogether, so a
+restart with a broken file leaves the kernel as the last run left it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from .compiler import TABLE, compile_tables
+from .model import Endpoint, Inputs
+from .nft import Kernel, enable_bridged_filtering, locked
+from .parse import PolicyError
+from .ruleset import transaction
+from .sources import EndpointRegistry, Source, merge
+
+FAMILIES = ("inet", "bridge")
+log = logging.getLogger("pycni.netpolicy")
+
+
+class Enforcer:
+    def __init__(self, node: str, kernel: Kernel | None = None):
+        self.node = node
+        self.kernel = kernel or Kernel()
+
+    def apply(self, inputs: Inputs, dry_run: bool = False) -> list[dict]:
+        """Make our tables match ``inputs``; returns the transaction applied
+        (empty when nothing changed)."""
+        desired = {t.family: t for t in compile_tables(inputs, self.node)}
+        if desired and not dry_run:
+            enable_bridged_filtering()
+        with locked():
+            commands = [c for family in FAMILIES
+                        for c in transaction(self.kernel.read_table(family, TABLE), desired.get(family))]
+            if not dry_run:
+                self.kernel.apply(commands)
+        return commands
+
+
+class PolicyController:
+    """The agent's network-policy reconciler for one node."""
+
+    def __init__(self, node: str, sources: list[Source] = (), enforcer: Enforcer | None = None):
+        self.registry = EndpointRegistry()
+        self.sources: list[Source] = [*sources, self.registry]
+        self.enforcer = enforcer or Enforcer(node)
+        self.errors: dict[int, PolicyError] = {}
+        self._good: dict[int, Inputs] = {}
+        self._lock = threading.Lock()
+
+    def inputs(self) -> Inputs:
+        """All sources merged; an invalid source contributes its last valid
+        content, or raises PolicyError if it never had one."""
+        found = []
+        for i, source in enumerate(self.sources):
+            try:
+                self._good[i] = source.list()
+                self.errors.pop(i, None)
+            except PolicyError as e:
+                self.errors[i] = e
+                if i not in self._good:
+                    raise
+                log.error("netpolicy: keeping the last valid state: %s", e)
+            found.append(self._good[i])
+        return merge(found)
+
+    def reconcile(self) -> list[dict]:
+        with self._lock:
+            return self.enforcer.apply(self.inputs())
+
+    # --- the CNI plugin's calls (through the agent) ---------------------------
+    def register(self, endpoint: Endpoint) -> list[dict]:
+        """ADD: the endpoint's rules are in the kernel when this returns."""
+        self.registry.put(endpoint)
+        return self.reconcile()
+
+    def unregister(self, key: str) -> list[dict]:
+        """DEL: ``key`` is namespace/name."""
+        self.registry.remove(key)
+        return self.reconcile()
+
+    def retain(self, keys) -> list[dict]:
+        """GC: drop registered endpoints not in ``keys``."""
+        self.registry.retain(keys)
+        return self.reconcile()
+
+    # --- the agent's loop -------------------------------------------------------
+    def run(self, stop: threading.Event, interval: float = 0.2) -> None:
+        """Reconcile now and after every change any source reports, until
+        ``stop`` is set; errors are logged and retried on the next change."""
+        wake = threading.Event()
+        watchers = [threading.Thread(target=s.watch, args=(wake.set, stop), daemon=True,
+                                     name=f"netpolicy-watch-{i}") for i, s in enumerate(self.sources)]
+        for t in watchers:
+            t.start()
+        wake.set()
+        while not stop.is_set():
+            if not wake.wait(interval):
+                continue
+            wake.clear()
+            try:
+                self.reconcile()
+            except Exception:  # keep running: the next change may fix it
+                log.exception("netpolicy: reconcile failed")
+        for t in watchers:
+            t.join()

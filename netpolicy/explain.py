@@ -1,0 +1,147 @@
+"""Why a flow is allowed or denied, and what each policy does, from the
+model (not from the kernel's ruleset): `explain` for ``pycni policy
+explain``, `status` for ``pycni policy status`` (counters come from the
+kernel, read by the caller).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import netaddr
+
+from .compiler import RuleRef, rule_peers
+from .model import EGRESS, INGRESS, PROTOCOL_NUMBER, Endpoint, Inputs, World
+
+
+@dataclass
+class Side:
+    """One direction's judgement: the egress of the source or the ingress
+    of the destination."""
+    direction: str
+    pod: str | None = None             # namespace/name judged, None if not a pod
+    isolating: list[str] = field(default_factory=list)   # policies isolating it
+    allowing: list[str] = field(default_factory=list)    # rules allowing the flow
+    allowed: bool = True
+    reason: str = ""
+
+
+@dataclass
+class Explanation:
+    source: str
+    destination: str
+    port: int
+    protocol: str
+    egress: Side
+    ingress: Side
+
+    @property
+    def allowed(self) -> bool:
+        return self.egress.allowed and self.ingress.allowed
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "destination": self.destination, "port": self.port,
+                "protocol": self.protocol, "allowed": self.allowed,
+                "egress": self.egress.__dict__, "ingress": self.ingress.__dict__}
+
+    def __str__(self) -> str:
+        verdict = "ALLOWED" if self.allowed else "DENIED"
+        lines = [f"{self.source} -> {self.destination} {self.port}/{self.protocol}: {verdict}"]
+        for side in (self.egress, self.ingress):
+            lines.append(f"  {side.direction.lower()} ({side.pod or 'not a pod'}): "
+                         f"{'allowed' if side.allowed else 'denied'}: {side.reason}")
+        return "\n".join(lines)
+
+
+def _endpoint(world: World, ref: str) -> tuple[Endpoint | None, str | None]:
+    """``namespace/name`` of a pod, or an address (a pod's, or any other)."""
+    try:
+        address = str(netaddr.IPAddress(ref))
+    except (netaddr.AddrFormatError, ValueError):
+        for e in world.inputs.endpoints:
+            if e.key == ref:
+                return e, (e.addresses[0] if e.addresses else None)
+        raise ValueError(f"no pod {ref!r} (give namespace/name or an address)") from None
+    for e in world.inputs.endpoints:
+        if address in e.addresses:
+            return e, address
+    return None, address
+
+
+def _judge(world: World, direction: str, pod: Endpoint, peer_address: str | None,
+           destination: Endpoint | None, port: int, protocol: str) -> Side:
+    side = Side(direction, pod.key)
+    policies = world.policies_for(pod, direction)
+    side.isolating = [p.key for p in policies]
+    if not policies:
+        side.reason = f"no policy selects {pod.key} for {direction.lower()}"
+        return side
+    number = PROTOCOL_NUMBER[protocol]
+    for policy in sorted(policies, key=lambda p: p.key):
+        for i, rule in enumerate(policy.rules(direction)):
+            peer_ok = peer_address is not None and peer_address in rule_peers(world, policy, rule)
+            ports_ok = not rule.ports or any(
+                r is not None and r[0] == number and r[1] <= port <= r[2]
+                for r in (p.resolve(destination) for p in rule.ports))
+            if peer_ok and ports_ok:
+                side.allowing.append(RuleRef(policy.key, direction, i).label)
+    side.allowed = bool(side.allowing)
+    side.reason = (f"allowed by {', '.join(side.allowing)}" if side.allowed else
+                   f"isolated by {', '.join(side.isolating)} and no rule allows it")
+    return side
+
+
+def explain(inputs: Inputs, source: str, destination: str, port: int, protocol: str = "TCP",
+            node_addresses: Mapping[str, list[str]] | None = None) -> Explanation:
+    """Judge one new connection.  ``source``/``destination``: namespace/name
+    or an address.  ``node_addresses``: node name -> its addresses, for the
+    rule that a pod's own node may always talk to it and it to its node."""
+    if protocol not in PROTOCOL_NUMBER:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOL_NUMBER)}")
+    world = World(inputs)
+    nodes = node_addresses or {}
+    src, src_address = _endpoint(world, source)
+    dst, dst_address = _endpoint(world, destination)
+    if src is None:
+        egress = Side(EGRESS, reason="the source is not a pod: no egress policy applies")
+    elif dst is None and dst_address in nodes.get(src.node, ()):
+        egress = Side(EGRESS, src.key, reason="traffic to the pod's own node is always allowed")
+    else:
+        egress = _judge(world, EGRESS, src, dst_address, dst, port, protocol)
+    if dst is None:
+        ingress = Side(INGRESS, reason="the destination is not a pod: no ingress policy applies")
+    elif src is None and src_address in nodes.get(dst.node, ()):
+        ingress = Side(INGRESS, dst.key, reason="traffic from the pod's own node is always allowed")
+    else:
+        ingress = _judge(world, INGRESS, dst, src_address, dst, port, protocol)
+    return Explanation(source, destination, port, protocol, egress, ingress)
+
+
+@dataclass
+class PolicyStatus:
+    policy: str
+    policy_types: list[str]
+    selects: list[str]
+    rules: list[dict]          # label, packets, bytes
+    packets: int = 0
+    bytes: int = 0
+
+
+def status(inputs: Inputs, counters: Mapping[str, tuple[int, int]]) -> list[PolicyStatus]:
+    """Per policy: the pods it selects and what its rules let through
+    (``counters``: Kernel.counters("inet", TABLE); a flow allowed by several
+    rules counts for the first, in policy name order)."""
+    world = World(inputs)
+    out = []
+    for policy in sorted(inputs.policies, key=lambda p: p.key):
+        rules = []
+        for direction in sorted(policy.policy_types):
+            for i, _ in enumerate(policy.rules(direction)):
+                ref = RuleRef(policy.key, direction, i)
+                packets, nbytes = counters.get(ref.counter, (0, 0))
+                rules.append({"rule": ref.label, "packets": packets, "bytes": nbytes})
+        out.append(PolicyStatus(policy.key, sorted(policy.policy_types),
+                                sorted(e.key for e in world.selected(policy)), rules,
+                                sum(r["packets"] for r in rules), sum(r["bytes"] for r in rules)))
+    return out
+
