@@ -56,6 +56,7 @@ def _element_matches(key, value):
 class Ruleset:
     def __init__(self, commands):
         self.chains, self.hooks, self.sets = {}, {}, {}
+        self.rules_run = 0  # rules evaluated so far: the per-packet cost
         for command in commands:
             (op, body), = command.items()
             (kind, obj), = body.items()
@@ -140,6 +141,7 @@ class Ruleset:
         return None
 
     def run_rule(self, rule, pkt):
+        self.rules_run += 1
         try:
             for stmt in rule:
                 if "match" in stmt:
