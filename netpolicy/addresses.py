@@ -1,6 +1,4 @@
-"""Sets of addresses as sorted disjoint integer ranges per family, and the
-partition of several such sets into ranges labelled by the first set that
-holds them.
+"""Sets of addresses as sorted disjoint integer ranges per family.
 
 netaddr does the address parsing and the ipBlock arithmetic (cidr minus
 except); ranges rather than CIDRs are what nftables interval maps take, and
@@ -10,7 +8,7 @@ CIDRs.
 from __future__ import annotations
 
 import bisect
-import heapq
+from functools import lru_cache
 from dataclasses import dataclass
 
 import netaddr
@@ -19,6 +17,12 @@ from .model import IPBlock
 
 Ranges = tuple[tuple[int, int], ...]
 FAMILY_MAX = {4: 2**32 - 1, 6: 2**128 - 1}
+
+
+@lru_cache(maxsize=65536)  # pods' addresses are parsed over and over (peers, kernel listings)
+def parse_address(text: str) -> tuple[int, int]:
+    address = netaddr.IPAddress(text)
+    return address.version, address.value
 
 
 def _merge(ranges) -> Ranges:
@@ -44,8 +48,8 @@ class AddressSet:
     def of_addresses(cls, addresses) -> AddressSet:
         found: dict[int, list] = {4: [], 6: []}
         for text in addresses:
-            address = netaddr.IPAddress(text)
-            found[address.version].append((address.value, address.value))
+            version, value = parse_address(text)
+            found[version].append((value, value))
         return cls(_merge(found[4]), _merge(found[6]))
 
     @classmethod
@@ -62,10 +66,10 @@ class AddressSet:
         return AddressSet(_merge(self.v4 + other.v4), _merge(self.v6 + other.v6))
 
     def __contains__(self, text: str) -> bool:
-        address = netaddr.IPAddress(text)
-        ranges = self.family(address.version)
-        i = bisect.bisect_right(ranges, (address.value, FAMILY_MAX[6] + 1)) - 1
-        return i >= 0 and ranges[i][0] <= address.value <= ranges[i][1]
+        version, value = parse_address(text)
+        ranges = self.family(version)
+        i = bisect.bisect_right(ranges, (value, FAMILY_MAX[6] + 1)) - 1
+        return i >= 0 and ranges[i][0] <= value <= ranges[i][1]
 
     def __bool__(self) -> bool:
         return bool(self.v4 or self.v6)
@@ -77,27 +81,3 @@ def union(sets) -> AddressSet:
         result = result | s
     return result
 
-
-def first_owner(sets: list[Ranges]) -> list[tuple[int, int, int]]:
-    """(lo, hi, i) covering the union of ``sets``, each range labelled with
-    the lowest index i whose set holds it; adjacent ranges with the same
-    label are merged."""
-    starts = sorted((lo, hi, i) for i, ranges in enumerate(sets) for lo, hi in ranges)
-    cuts = sorted({lo for lo, _, _ in starts} | {hi + 1 for _, hi, _ in starts})
-    out: list[list[int]] = []
-    active: list[tuple[int, int]] = []  # heap of (owner, hi)
-    k = 0
-    for a, b in zip(cuts, cuts[1:]):
-        while k < len(starts) and starts[k][0] <= a:
-            heapq.heappush(active, (starts[k][2], starts[k][1]))
-            k += 1
-        while active and active[0][1] < a:
-            heapq.heappop(active)
-        if not active:
-            continue
-        owner = active[0][0]
-        if out and out[-1][2] == owner and out[-1][1] + 1 == a:
-            out[-1][1] = b - 1
-        else:
-            out.append([a, b - 1, owner])
-    return [tuple(x) for x in out]

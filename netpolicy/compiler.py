@@ -2,22 +2,29 @@
 function (see README.md for the design and why).
 
 Per direction, one verdict-map lookup keyed by the local pod's address
-(plus protocol and port) sends a packet to the chain of its *class*: the
-ordered list of rule fragments that allow that pod that port.  The class
-chain does one more lookup, keyed by the peer address, in an interval map
-whose ranges are labelled with the first rule allowing them, and jumps to
-that rule's counting chain; a miss is a drop.  Pods with the same rules
-share class chains and maps, so the ruleset grows with what differs, and
-per packet the cost is a fixed number of lookups whatever the number of
-policies or pods.
+sends a packet to the pod's *profile* chain, where one lookup of protocol
+and port picks the *class*: the ordered rule fragments that allow that pod
+that port.  The class chain looks the peer address up in each fragment's
+*peer group* (a named interval set of the addresses a rule's from/to
+admits, shared by every rule with the same peers) and jumps to the first
+matching rule's counter, then returns (on to the other direction); no
+match is a drop.  Pods with the same
+rules share profiles and classes, rules with the same peers share groups,
+so the ruleset grows with what differs, and a pod is one element per
+address in its direction's map (plus its address in the groups it is a
+peer of).  Per packet: two lookups plus one set lookup per rule that
+applies to that pod and port, whatever the number of other policies and
+pods.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
-from .addresses import AddressSet, first_owner, union
-from .model import ALL_PORTS, EGRESS, INGRESS, PROTOCOL_NUMBER, Endpoint, Inputs, Policy, Rule, World
+from .addresses import AddressSet, parse_address, union
+from .model import (ALL_PORTS, EGRESS, INGRESS, PROTOCOL_NUMBER, Endpoint, Inputs, LabelSelector, Peer,
+                    Policy, Rule, World)
 from .ruleset import Chain, SetSpec, Table
 
 TABLE = "pycni_netpolicy"
@@ -46,29 +53,26 @@ class RuleRef:
     direction: str
     index: int
 
-    @property
+    @cached_property
     def label(self) -> str:
         return f"{self.policy} {self.direction.lower()}[{self.index}]"
 
-    @property
+    @cached_property
     def counter(self) -> str:
         return "r_" + _digest(self.label)
-
-    @property
-    def chain(self) -> str:
-        return "a_" + _digest(self.label)
 
 
 @dataclass(frozen=True)
 class Fragment:
     """What one rule allows a pod in one direction: ``ports`` as (protocol
-    number, lo, hi) or None for every protocol and port, from ``peers``.
-    An egress rule with a named port gives one fragment per port number the
-    name resolves to among the destinations (``variant``)."""
+    number, lo, hi) or None for every protocol and port, from the peers in
+    ``group`` (None: from everywhere).  An egress rule with a named port
+    gives one fragment per port number the name resolves to among the
+    destinations (``variant``)."""
     rule: RuleRef
     variant: tuple
     ports: tuple[tuple[int, int, int], ...] | None
-    peers: AddressSet
+    group: str | None
 
 
 # --- nft JSON expressions ---------------------------------------------------------
@@ -96,12 +100,8 @@ def _name(direction: str) -> str:
     return direction.lower()
 
 
-def ports_map(direction: str, version: int) -> str:
-    return f"{_name(direction)}_ports{version}"
-
-
-def other_map(direction: str, version: int) -> str:
-    return f"{_name(direction)}_other{version}"
+def pods_map(direction: str, version: int) -> str:
+    return f"{_name(direction)}_pods{version}"
 
 
 def deny_chain(direction: str) -> str:
@@ -117,10 +117,23 @@ def rule_peers(world: World, policy: Policy, rule: Rule) -> AddressSet:
     list is empty, else the union of its peers."""
     if not rule.peers:
         return AddressSet.everything()
-    return union(
-        AddressSet.of_ip_block(peer.ip_block) if peer.ip_block else
-        AddressSet.of_addresses(a for e in world.peer_endpoints(policy, peer) for a in e.addresses)
-        for peer in rule.peers)
+    return union(_peer_addresses(world, policy, peer) for peer in rule.peers)
+
+
+def _peer_addresses(world: World, policy: Policy, peer: Peer) -> AddressSet:
+    if peer.ip_block:
+        return AddressSet.of_ip_block(peer.ip_block)
+    return AddressSet.of_addresses(a for e in world.peer_endpoints(policy, peer) for a in e.addresses)
+
+
+def _peer_definition(policy: Policy, peer: Peer) -> str:
+    """What a peer denotes, whichever policy holds it: policies with the
+    same peers share one peer group.  A repr of tuples and strings only, so
+    it (and the set names hashed from it) is the same in every process."""
+    if peer.ip_block:
+        return repr(("ipBlock", peer.ip_block.cidr, peer.ip_block.excepts))
+    namespace = policy.namespace if peer.namespace_selector is None else None
+    return repr(("pods", namespace, peer.namespace_selector, peer.pod_selector or LabelSelector()))
 
 
 class _Compiler:
@@ -128,16 +141,37 @@ class _Compiler:
         self.world = World(inputs)
         self.node = node
         self.policies = sorted(inputs.policies, key=lambda p: p.key)
-        self._peers: dict[RuleRef, AddressSet] = {}
+        self._peers: dict[str, AddressSet] = {}
         self._named: dict[tuple[str, str], dict[int, list[str]]] = {}
-        self._partitions: dict = {}
+        self._profile_names: dict[tuple[Fragment, ...], str] = {}
+        self.profiles: dict[str, Chain] = {}
+        self.groups: dict[str, AddressSet] = {}
+        self._group_names: dict[tuple, str | None] = {}
         self.classes: dict[str, tuple[Fragment, ...]] = {}
+        self._class_names: dict[tuple[Fragment, ...], str] = {}
 
     # --- what each rule allows ------------------------------------------------
-    def rule_peers(self, ref: RuleRef, policy: Policy, rule: Rule) -> AddressSet:
-        if ref not in self._peers:
-            self._peers[ref] = rule_peers(self.world, policy, rule)
-        return self._peers[ref]
+    def group(self, ref: RuleRef, policy: Policy, rule: Rule, variant: tuple = (), only=None) -> str | None:
+        """The peer group (a named set) of a rule's peers, restricted to the
+        addresses ``only`` when given; None when it admits every address."""
+        key = (ref, variant)
+        if key not in self._group_names:
+            definition = tuple(sorted({_peer_definition(policy, p) for p in rule.peers}))
+            self._group_names[key] = "g_" + _digest(repr((definition, variant))) if definition or variant else None
+        name = self._group_names[key]
+        if name is not None and name not in self.groups:
+            if not rule.peers:
+                peers = AddressSet.everything()
+            else:
+                peers = union(self._peer_addresses(policy, p) for p in rule.peers)
+            self.groups[name] = peers if only is None else AddressSet.of_addresses(a for a in only if a in peers)
+        return name
+
+    def _peer_addresses(self, policy: Policy, peer: Peer) -> AddressSet:
+        key = _peer_definition(policy, peer)
+        if key not in self._peers:
+            self._peers[key] = _peer_addresses(self.world, policy, peer)
+        return self._peers[key]
 
     def named_destinations(self, name: str, protocol: str) -> dict[int, list[str]]:
         """Port number -> addresses of endpoints whose port ``name`` it is."""
@@ -151,30 +185,30 @@ class _Compiler:
         return self._named[(name, protocol)]
 
     def fragments(self, ref: RuleRef, policy: Policy, rule: Rule, endpoint: Endpoint) -> list[Fragment]:
-        peers = self.rule_peers(ref, policy, rule)
         if not rule.ports:
-            return [Fragment(ref, (), None, peers)]
+            return [Fragment(ref, (), None, self.group(ref, policy, rule))]
         if ref.direction == INGRESS:  # named ports are the selected pod's own
             ports = tuple(r for r in (p.resolve(endpoint) for p in rule.ports) if r)
-            return [Fragment(ref, (), ports, peers)] if ports else []
+            return [Fragment(ref, (), ports, self.group(ref, policy, rule))] if ports else []
         numeric = tuple(p.resolve(None) for p in rule.ports if not isinstance(p.port, str))
-        out = [Fragment(ref, (), numeric, peers)] if numeric else []
+        out = [Fragment(ref, (), numeric, self.group(ref, policy, rule))] if numeric else []
         for p in rule.ports:  # egress: named ports are each destination's
             if not isinstance(p.port, str):
                 continue
             for number, addresses in sorted(self.named_destinations(p.port, p.protocol).items()):
-                allowed = AddressSet.of_addresses(a for a in addresses if a in peers)
-                if allowed:
-                    out.append(Fragment(ref, (p.port, p.protocol, number),
-                                        ((PROTOCOL_NUMBER[p.protocol], number, number),), allowed))
+                variant = (p.port, p.protocol, number)
+                group = self.group(ref, policy, rule, variant, only=addresses)
+                if self.groups[group]:
+                    out.append(Fragment(ref, variant, ((PROTOCOL_NUMBER[p.protocol], number, number),), group))
         return out
 
-    # --- per pod: port ranges -> classes --------------------------------------
-    def partition(self, fragments: tuple[Fragment, ...]):
-        """[(protocol, lo, hi, class)] covering every port of TCP, UDP and
-        SCTP, and the class for other protocols; a class is the ordered
-        fragments allowing that traffic (empty: denied)."""
-        if fragments not in self._partitions:
+    # --- per pod: port ranges -> classes ---------------------------------------
+    def profile(self, direction: str, fragments: tuple[Fragment, ...]) -> str:
+        """The chain judging pods with these fragments: TCP, UDP and SCTP
+        port ranges -> class, other protocols -> class (a class is the
+        ordered fragments allowing that traffic; none: denied).  Pods with
+        the same rules (and named ports) share it."""
+        if fragments not in self._profile_names:
             segments = []
             for protocol in PROTOCOL_NUMBER.values():
                 cuts = {ALL_PORTS[0], ALL_PORTS[1] + 1}
@@ -184,22 +218,31 @@ class _Compiler:
                             cuts |= {lo, hi + 1}
                 cuts = sorted(cuts)
                 for lo, end in zip(cuts, cuts[1:]):
-                    cls = tuple(f for f in fragments if f.ports is None or any(
-                        proto == protocol and plo <= lo and end - 1 <= phi for proto, plo, phi in f.ports))
-                    if segments and segments[-1][0] == protocol and segments[-1][3] == cls:
-                        segments[-1] = (protocol, segments[-1][1], end - 1, cls)
+                    target = self.target(direction, tuple(f for f in fragments if f.ports is None or any(
+                        proto == protocol and plo <= lo and end - 1 <= phi for proto, plo, phi in f.ports)))
+                    if segments and segments[-1][0] == protocol and segments[-1][3] == target:
+                        segments[-1] = (protocol, segments[-1][1], end - 1, target)
                     else:
-                        segments.append((protocol, lo, end - 1, cls))
-            other = tuple(f for f in fragments if f.ports is None)
-            self._partitions[fragments] = (segments, other)
-        return self._partitions[fragments]
+                        segments.append((protocol, lo, end - 1, target))
+            other = self.target(direction, tuple(f for f in fragments if f.ports is None))
+            name = "p_" + _digest(repr((direction, segments, other)))
+            self._profile_names[fragments] = name
+            self.profiles[name] = Chain([
+                [_PORTED, {"vmap": {"key": {"concat": [_L4PROTO, _payload("th", "dport")]}, "data": {"set": [
+                    [{"concat": [protocol, lo if lo == hi else {"range": [lo, hi]}]}, {"goto": {"target": t}}]
+                    for protocol, lo, hi, t in segments]}}}],
+                [{"goto": {"target": other}}]])
+        return self._profile_names[fragments]
 
-    def target(self, direction: str, cls: tuple[Fragment, ...]) -> tuple[str, str]:
+    def target(self, direction: str, cls: tuple[Fragment, ...]) -> str:
+        """The class chain of ``cls`` (the deny chain when empty)."""
         if not cls:
-            return ("goto", deny_chain(direction))
-        name = "c_" + _digest(repr([(f.rule.label, f.variant) for f in cls]))
-        self.classes[name] = cls
-        return ("goto", name)
+            return deny_chain(direction)
+        if cls not in self._class_names:
+            name = "c_" + _digest(repr([(f.rule.label, f.variant) for f in cls]))
+            self._class_names[cls] = name
+            self.classes[name] = cls
+        return self._class_names[cls]
 
     # --- tables -----------------------------------------------------------------
     def run(self) -> list[Table]:
@@ -207,9 +250,7 @@ class _Compiler:
         bridge = Table("bridge", TABLE)
         for direction in (EGRESS, INGRESS):
             for version in FAMILIES:
-                inet.sets[ports_map(direction, version)] = SetSpec(
-                    (FAMILIES[version][1], "inet_proto", "inet_service"), verdicts=True, interval=True)
-                inet.sets[other_map(direction, version)] = SetSpec((FAMILIES[version][1],), verdicts=True)
+                inet.sets[pods_map(direction, version)] = SetSpec((FAMILIES[version][1],), verdicts=True)
                 bridge.sets[isolated_set(direction, version)] = SetSpec((FAMILIES[version][1],))
         for name in inet.sets:
             inet.elements[name] = {}
@@ -239,15 +280,11 @@ class _Compiler:
                  policies: list[Policy]) -> None:
         fragments = tuple(f for policy in policies for i, rule in enumerate(policy.rules(direction))
                           for f in self.fragments(RuleRef(policy.key, direction, i), policy, rule, endpoint))
-        segments, other = self.partition(fragments)
+        profile = self.profile(direction, fragments)
         for address in endpoint.addresses:
-            version = 6 if ":" in address else 4
-            value = AddressSet.of_addresses([address]).family(version)[0]
-            for protocol, lo, hi, cls in segments:
-                inet.elements[ports_map(direction, version)][
-                    (value, (protocol, protocol), (lo, hi))] = self.target(direction, cls)
-            inet.elements[other_map(direction, version)][(value,)] = self.target(direction, other)
-            bridge.elements[isolated_set(direction, version)][(value,)] = None
+            version, value = parse_address(address)
+            inet.elements[pods_map(direction, version)][((value, value),)] = ("goto", profile)
+            bridge.elements[isolated_set(direction, version)][((value, value),)] = None
 
     def _rules_and_classes(self, inet: Table) -> None:
         for policy in self.policies:
@@ -255,19 +292,25 @@ class _Compiler:
                 for i, _ in enumerate(policy.rules(direction)):
                     ref = RuleRef(policy.key, direction, i)
                     inet.counters[ref.counter] = ref.label
-                    inet.chains[ref.chain] = Chain([[{"counter": ref.counter}]])
+        for name, addresses in sorted(self.groups.items()):
+            for version, (_, kind) in FAMILIES.items():
+                inet.sets[f"{name}_{version}"] = SetSpec((kind,), interval=True)
+                inet.elements[f"{name}_{version}"] = {(r,): None for r in addresses.family(version)}
         for name, cls in sorted(self.classes.items()):
             direction = cls[0].rule.direction
             rules = []
-            for version, (protocol, kind) in FAMILIES.items():
-                owners = first_owner([f.peers.family(version) for f in cls])
-                inet.sets[f"{name}_{version}"] = SetSpec((kind,), verdicts=True, interval=True)
-                inet.elements[f"{name}_{version}"] = {
-                    ((lo, hi),): ("goto", cls[owner].rule.chain) for lo, hi, owner in owners}
-                rules.append([{"vmap": {"key": _payload(protocol, _peer_field(direction)),
-                                        "data": f"@{name}_{version}"}}])
-            rules.append([{"goto": {"target": deny_chain(direction)}}])
+            for f in cls:  # the first fragment admitting the peer wins, and counts it
+                allowed = [{"counter": f.rule.counter}, {"return": None}]  # on to the other direction
+                if f.group is None:
+                    rules.append(allowed)
+                    break
+                for version, (protocol, _) in FAMILIES.items():
+                    rules.append([_match(_payload(protocol, _peer_field(direction)), f"@{f.group}_{version}"),
+                                  *allowed])
+            else:
+                rules.append([{"goto": {"target": deny_chain(direction)}}])
             inet.chains[name] = Chain(rules)
+        inet.chains.update(sorted(self.profiles.items()))
 
     def _base_chains(self, inet: Table, bridge: Table) -> None:
         mark = {"meta": {"key": "mark"}}
@@ -279,14 +322,9 @@ class _Compiler:
             [{"jump": {"target": _name(INGRESS)}}],
         ], FORWARD_HOOK)
         for direction in (EGRESS, INGRESS):
-            rules = []
-            for version, (protocol, _) in FAMILIES.items():
-                pod = _payload(protocol, _pod_field(direction))
-                rules.append([_PORTED, {"vmap": {
-                    "key": {"concat": [pod, _L4PROTO, _payload("th", "dport")]},
-                    "data": f"@{ports_map(direction, version)}"}}])
-                rules.append([{"vmap": {"key": pod, "data": f"@{other_map(direction, version)}"}}])
-            inet.chains[_name(direction)] = Chain(rules)
+            inet.chains[_name(direction)] = Chain([
+                [{"vmap": {"key": _payload(protocol, _pod_field(direction)), "data": f"@{pods_map(direction, version)}"}}]
+                for version, (protocol, _) in FAMILIES.items()])
             counter = f"denied_{_name(direction)}"
             inet.counters[counter] = f"{_name(direction)} denied: no rule allows it"
             inet.chains[deny_chain(direction)] = Chain([[{"counter": counter}, {"drop": None}]])

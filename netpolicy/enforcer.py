@@ -2,10 +2,10 @@
 
 `Enforcer.apply(inputs)` compiles (pure, and every object was validated
 when parsed, so an invalid policy never gets this far), then under the
-netns lock reads what our tables hold now, diffs and applies the difference
+netns lock diffs against what our tables hold and applies the difference
 as one transaction.  Nothing is ever flushed and refilled: after a restart
-the first reconcile against the tables the previous run left is a no-op,
-so no packet is judged by a half-built ruleset.
+the first reconcile lists the tables the previous run left and, inputs
+unchanged, applies nothing, so no packet is judged by a half-built ruleset.
 
 `PolicyController` is what the node agent runs: sources plus a registry of
 endpoints the CNI plugin registers, reconciled on every change.  A source
@@ -20,9 +20,9 @@ import threading
 
 from .compiler import TABLE, compile_tables
 from .model import Endpoint, Inputs
-from .nft import Kernel, enable_bridged_filtering, locked
+from .nft import Kernel, NftError, enable_bridged_filtering, locked
 from .parse import PolicyError
-from .ruleset import transaction
+from .ruleset import Table, transaction
 from .sources import EndpointRegistry, Source, merge
 
 FAMILIES = ("inet", "bridge")
@@ -30,22 +30,44 @@ log = logging.getLogger("pycni.netpolicy")
 
 
 class Enforcer:
+    """Our tables in this network namespace, kept equal to compiled inputs.
+    What it applied is remembered, so a reconcile costs a compile, a diff
+    and the transaction; the kernel is listed again only at the first
+    apply, when asked (``resync``), and when a transaction fails (someone
+    else changed our tables): then the diff is redone against the listing."""
+
     def __init__(self, node: str, kernel: Kernel | None = None):
         self.node = node
         self.kernel = kernel or Kernel()
+        self._applied: dict[str, Table | None] | None = None
 
-    def apply(self, inputs: Inputs, dry_run: bool = False) -> list[dict]:
+    def _read(self) -> dict[str, Table | None]:
+        return {family: self.kernel.read_table(family, TABLE) for family in FAMILIES}
+
+    def apply(self, inputs: Inputs, dry_run: bool = False, resync: bool = False) -> list[dict]:
         """Make our tables match ``inputs``; returns the transaction applied
         (empty when nothing changed)."""
         desired = {t.family: t for t in compile_tables(inputs, self.node)}
         if desired and not dry_run:
             enable_bridged_filtering()
         with locked():
-            commands = [c for family in FAMILIES
-                        for c in transaction(self.kernel.read_table(family, TABLE), desired.get(family))]
-            if not dry_run:
+            if self._applied is None or resync:
+                self._applied = self._read()
+            commands = _transaction(self._applied, desired)
+            if dry_run:
+                return commands
+            try:
                 self.kernel.apply(commands)
+            except NftError:
+                self._applied = self._read()
+                commands = _transaction(self._applied, desired)
+                self.kernel.apply(commands)
+            self._applied = {f: desired[f].as_applied() if f in desired else None for f in FAMILIES}
         return commands
+
+
+def _transaction(live: dict[str, Table | None], desired: dict[str, Table]) -> list[dict]:
+    return [c for family in FAMILIES for c in transaction(live[family], desired.get(family))]
 
 
 class PolicyController:

@@ -24,7 +24,7 @@ class Requirement:
     """One matchExpressions entry: In/NotIn carry values, Exists/DoesNotExist none."""
     key: str
     operator: str
-    values: frozenset[str] = frozenset()
+    values: tuple[str, ...] = ()  # sorted, so that a selector's repr is canonical
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         if self.operator == "In":

@@ -5,6 +5,7 @@ process's network namespace.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 from contextlib import contextmanager
@@ -20,21 +21,26 @@ class NftError(RuntimeError):
 
 
 class Kernel:
-    def __init__(self):
+    """Each call gets its own libnftables context, freed (and the heap
+    trimmed) when it returns: listing or loading a large table makes
+    libnftables allocate hundreds of megabytes, which a long-running agent
+    must not keep."""
+
+    def _run(self, commands: list[dict]) -> tuple[int, dict, str]:
         import nftables
 
-        self._nft = nftables.Nftables()
-        self._nft.set_json_output(True)
-        self._nft.set_handle_output(False)
-
-    def _cmd(self, commands: list[dict]) -> dict:
-        rc, output, error = self._nft.json_cmd({"nftables": commands})
-        if rc != 0:
-            raise NftError((error or "nftables command failed").strip())
-        return output or {}
+        nft = nftables.Nftables()
+        nft.set_json_output(True)
+        nft.set_handle_output(False)
+        try:
+            rc, output, error = nft.json_cmd({"nftables": commands})
+        finally:
+            del nft
+            _trim_heap()
+        return rc, output or {}, error
 
     def read_table(self, family: str, name: str) -> Table | None:
-        rc, output, _ = self._nft.json_cmd({"nftables": [{"list": {"table": {"family": family, "name": name}}}]})
+        rc, output, _ = self._run([{"list": {"table": {"family": family, "name": name}}}])
         if rc != 0:  # no such table
             return None
         return decode_table(family, name, output.get("nftables", []))
@@ -42,15 +48,24 @@ class Kernel:
     def apply(self, commands: list[dict]) -> None:
         """One atomic transaction: all of it or nothing."""
         if commands:
-            self._cmd(commands)
+            rc, _, error = self._run(commands)
+            if rc != 0:
+                raise NftError((error or "nftables transaction failed").strip())
 
     def counters(self, family: str, table: str) -> dict[str, tuple[int, int]]:
         """name -> (packets, bytes); {} when the table is absent."""
-        rc, output, _ = self._nft.json_cmd({"nftables": [{"list": {"counters": {"family": family, "table": table}}}]})
+        rc, output, _ = self._run([{"list": {"counters": {"family": family, "table": table}}}])
         if rc != 0:
             return {}
         return {c["counter"]["name"]: (c["counter"]["packets"], c["counter"]["bytes"])
                 for c in output.get("nftables", []) if "counter" in c}
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 @contextmanager

@@ -159,7 +159,7 @@ def _selector(p: _Problems, value, path: str) -> LabelSelector:
         for j, v in enumerate(values):
             _check_label_value(p, v, f"{at}.values[{j}]")
         if key is not None:
-            requirements.append(Requirement(key, str(operator), frozenset(map(str, values))))
+            requirements.append(Requirement(key, str(operator), tuple(sorted(set(map(str, values))))))
     return LabelSelector(tuple(sorted(match_labels.items())), tuple(requirements))
 
 

@@ -20,11 +20,14 @@ hook) rebuilds the table, still inside the one atomic transaction.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
 
 import netaddr
+
+from .addresses import parse_address
 
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "ipv6-icmp": 58}
 _ADDRESS_TYPES = {"ipv4_addr": 4, "ipv6_addr": 6}
@@ -48,7 +51,11 @@ class Chain:
     hook: dict | None = None  # base chains: type, hook, prio, policy
 
     def digests(self) -> list[str]:
-        return [rule_digest(r) for r in self.rules]
+        if self._digests is None:  # chains are not changed once built
+            self._digests = [rule_digest(r) for r in self.rules]
+        return self._digests
+
+    _digests: list[str] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -65,6 +72,11 @@ class Table:
     @property
     def ref(self) -> dict:
         return {"family": self.family, "table": self.name}
+
+    def as_applied(self) -> Table:
+        """This (compiled) table as the kernel holds it once applied: what
+        the next transaction is computed against, without listing it back."""
+        return dataclasses.replace(self, live_digests={n: c.digests() for n, c in self.chains.items()})
 
 
 def rule_digest(expr: list[dict]) -> str:
@@ -98,7 +110,7 @@ def encode_element(spec: SetSpec, key: Key, value: Value):
 # --- decoding: kernel JSON -> canonical -----------------------------------------
 def _decode_scalar(kind: str, item) -> int:
     if kind in _ADDRESS_TYPES:
-        return netaddr.IPAddress(item).value
+        return parse_address(item)[1]
     if isinstance(item, str):
         return PROTOCOL_NUMBERS[item]
     return int(item)

@@ -102,8 +102,10 @@ class Ruleset:
             return self.value(left, pkt) | bits
         raise ValueError(f"unknown expression {expr}")
 
-    def lookup(self, name, value):
-        for element in self.sets[name]:
+    def lookup(self, name_or_set, value):
+        """Look ``value`` up in a named set (``@name``) or an anonymous one."""
+        elements = self.sets[name_or_set[1:]] if isinstance(name_or_set, str) else name_or_set["set"]
+        for element in elements:
             key, verdict = (element[0], element[1]) if isinstance(element, list) else (element, None)
             if _element_matches(key, value):
                 return True, verdict
@@ -114,7 +116,7 @@ class Ruleset:
         if op == "in":  # flags: ct state in [..]
             return left in right
         if isinstance(right, str) and right.startswith("@"):
-            return self.lookup(right[1:], left)[0]
+            return self.lookup(right, left)[0]
         if isinstance(right, dict) and "set" in right:
             return any(_scalar(x) == left for x in right["set"])
         return left == _scalar(right)
@@ -148,7 +150,7 @@ class Ruleset:
                     if not self.matches(stmt["match"], pkt):
                         return None
                 elif "vmap" in stmt:
-                    found, verdict = self.lookup(stmt["vmap"]["data"][1:], self.value(stmt["vmap"]["key"], pkt))
+                    found, verdict = self.lookup(stmt["vmap"]["data"], self.value(stmt["vmap"]["key"], pkt))
                     if not found:
                         return None
                     return self.verdict(verdict)

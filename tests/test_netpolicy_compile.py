@@ -2,7 +2,6 @@
 root: compiled rulesets are run by a small nft JSON interpreter and held
 to the independent evaluator written from the Kubernetes documentation."""
 import copy
-import dataclasses
 
 import pytest
 
@@ -145,13 +144,8 @@ def test_no_policy_no_tables():
 
 
 # --- incremental transactions -------------------------------------------------------------
-def as_live(table):
-    """A compiled table as the kernel would list it back."""
-    return dataclasses.replace(table, live_digests={n: c.digests() for n, c in table.chains.items()})
-
-
 def changes(before, after, node="node-a"):
-    old = {t.family: as_live(t) for t in compile_tables(inputs(*before), node)}
+    old = {t.family: t.as_applied() for t in compile_tables(inputs(*before), node)}
     new = {t.family: t for t in compile_tables(inputs(*after), node)}
     return [c for family in ("inet", "bridge") for c in transaction(old.get(family), new.get(family))]
 
@@ -174,9 +168,8 @@ def test_a_pod_label_change_rewrites_only_elements():
     relabelled["metadata"]["labels"] = {"role": "client"}
     commands = changes([WEB, CLIENT, OTHER, ALLOW_CLIENTS], [WEB, CLIENT, relabelled, ALLOW_CLIENTS])
     assert set(kinds(commands)) <= {"add element", "delete element"}
-    # 10.240.0.4 joins the client range 10.240.0.3: that element is replaced
-    assert elements_touched(commands) == ["10.240.0.3", [{"range": ["10.240.0.3", "10.240.0.4"]},
-                                                        elements_touched(commands)[1][1]]]
+    # 10.240.0.4 joins the clients' peer group, next to 10.240.0.3: that element becomes a range
+    assert elements_touched(commands) == ["10.240.0.3", {"range": ["10.240.0.3", "10.240.0.4"]}]
 
 
 def test_a_new_pod_in_an_isolated_namespace_adds_only_its_elements():
@@ -189,26 +182,48 @@ def test_a_new_pod_in_an_isolated_namespace_adds_only_its_elements():
     assert touched == {"10.240.0.7"}
 
 
-def test_a_rule_change_rewrites_only_elements():
+def touched_names(commands):
+    """Names of the chains, sets and maps a transaction adds, rewrites or deletes."""
+    return {body.get("name") or body.get("chain") for c in commands for obj in c.values()
+            for kind, body in obj.items() if kind not in ("element", "counter")}
+
+
+def test_a_port_change_swaps_the_pods_profile():
     narrowed = copy.deepcopy(ALLOW_CLIENTS)
-    narrowed["spec"]["ingress"][0]["ports"] = [{"port": 8080, "endPort": 8090}]
-    narrowed["spec"]["ingress"][0]["from"] = [{"podSelector": {}}]
+    narrowed["spec"]["ingress"][0]["ports"] = [{"port": 8080, "endPort": 8090}, {"protocol": "UDP"}]
     commands = changes([WEB, CLIENT, ALLOW_CLIENTS], [WEB, CLIENT, narrowed])
-    assert commands and set(kinds(commands)) <= {"add element", "delete element"}
+    # a new profile chain (ports -> classes) replaces the old one; web's element points to it
+    assert {n[:2] for n in touched_names(commands)} == {"p_"}
+    (profile,) = [c["add"]["chain"]["name"] for c in commands if "add" in c and "chain" in c["add"]]
+    adds = [e for c in commands if "add" in c and "element" in c["add"] for e in c["add"]["element"]["elem"]]
+    assert adds == [["10.240.0.2", {"goto": {"target": profile}}]]
+
+
+def test_a_peer_change_switches_the_policys_own_class_to_another_group():
+    wider = copy.deepcopy(ALLOW_CLIENTS)
+    wider["spec"]["ingress"][0]["from"] = [{"namespaceSelector": {}}]
+    commands = changes([WEB, CLIENT, ALLOW_CLIENTS], [WEB, CLIENT, wider])
+    # the policy's class chain now names another peer group; nothing shared is rewritten
+    assert {n[:2] for n in touched_names(commands)} == {"c_", "g_"}
 
 
 def test_a_new_rule_adds_structure_and_leaves_the_rest():
     more = copy.deepcopy(ALLOW_CLIENTS)
     more["spec"]["ingress"].append({"from": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]})
     commands = changes([WEB, CLIENT, ALLOW_CLIENTS], [WEB, CLIENT, more])
-    assert {"add counter", "add chain", "add map", "add element"} <= set(kinds(commands))
-    # the replaced class goes; dispatch chains and per-pod maps stay untouched
-    removed = {body.get("name") for c in commands for op, obj in c.items() if op in ("flush", "delete")
-               for kind, body in obj.items() if kind != "element"}
-    assert removed and all(name.startswith("c_") for name in removed)
+    assert {"add counter", "add chain", "add set", "add element"} <= set(kinds(commands))
+    # new classes, profile and group (and the new rule's counter); dispatch chains untouched
+    assert {n[:2] for n in touched_names(commands)} == {"c_", "g_", "p_"}
     assert changes([WEB, CLIENT, ALLOW_CLIENTS], [WEB, CLIENT]) == [
         {"delete": {"table": {"family": "inet", "name": "pycni_netpolicy"}}},
         {"delete": {"table": {"family": "bridge", "name": "pycni_netpolicy"}}}]
+
+
+def test_policies_with_the_same_peers_share_one_group():
+    twin = copy.deepcopy(ALLOW_CLIENTS)
+    twin["metadata"]["name"] = "twin"
+    (table, _) = compile_tables(inputs(WEB, CLIENT, ALLOW_CLIENTS, twin), "node-a")
+    assert len([name for name in table.sets if name.startswith("g_")]) == 2   # one group, two families
 
 
 def test_changed_verdict_deletes_then_adds_the_key():
