@@ -73,8 +73,9 @@ def _transaction(live: dict[str, Table | None], desired: dict[str, Table]) -> li
 class PolicyController:
     """The agent's network-policy reconciler for one node."""
 
-    def __init__(self, node: str, sources: list[Source] = (), enforcer: Enforcer | None = None):
-        self.registry = EndpointRegistry()
+    def __init__(self, node: str, sources: list[Source] = (), registry_dir: str | None = None,
+                 enforcer: Enforcer | None = None):
+        self.registry = EndpointRegistry(registry_dir)
         self.sources: list[Source] = [*sources, self.registry]
         self.enforcer = enforcer or Enforcer(node)
         self.errors: dict[int, PolicyError] = {}

@@ -352,20 +352,20 @@ def parse_namespace(obj, origin: str = "") -> Namespace:
     return Namespace(name, labels)
 
 
+def _address(p: _Problems, text, path: str) -> str | None:
+    try:
+        return str(netaddr.IPAddress(text))
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        p.add(path, f"{text!r} is not an IP address")
+        return None
+
+
 def _pod_addresses(p: _Problems, status: dict) -> tuple[str, ...]:
     found = [status["podIP"]] if status.get("podIP") else []
     for i, item in enumerate(_list(p, status.get("podIPs"), "status.podIPs")):
         found.append(_mapping(p, item, f"status.podIPs[{i}]").get("ip"))
-    addresses = []
-    for text in found:
-        try:
-            address = str(netaddr.IPAddress(text))
-        except (netaddr.AddrFormatError, ValueError, TypeError):
-            p.add("status.podIPs", f"{text!r} is not an IP address")
-            continue
-        if address not in addresses:
-            addresses.append(address)
-    return tuple(addresses)
+    addresses = [_address(p, text, "status.podIPs") for text in found]
+    return tuple(dict.fromkeys(a for a in addresses if a))
 
 
 def _container_ports(p: _Problems, spec: dict) -> tuple[NamedPort, ...]:
@@ -399,6 +399,44 @@ def parse_pod(obj, origin: str = "") -> Endpoint:
                         _container_ports(p, spec), str(spec.get("nodeName") or ""), origin)
     _raise(p, origin)
     return endpoint
+
+
+def parse_endpoint(obj, origin: str = "") -> Endpoint:
+    """An endpoint in the compact form the netpolicy CNI plugin registers
+    (and the registry stores): {"namespace", "name", "labels", "addresses",
+    "ports": [{"name", "port", "protocol"}], "node"}."""
+    p = _Problems()
+    top = _mapping(p, obj, "", ("namespace", "name", "labels", "addresses", "ports", "node"))
+    name = _string(p, top.get("name"), "name") or ""
+    if name:
+        _check_dns_subdomain(p, name, "name")
+    namespace = _string(p, top.get("namespace", "default"), "namespace") or ""
+    _check_dns_label(p, namespace, "namespace")
+    addresses = [_address(p, text, f"addresses[{i}]")
+                 for i, text in enumerate(_list(p, top.get("addresses"), "addresses"))]
+    ports = []
+    for i, item in enumerate(_list(p, top.get("ports"), "ports")):
+        port = _mapping(p, item, f"ports[{i}]", ("name", "port", "protocol"))
+        port_name = _string(p, port.get("name"), f"ports[{i}].name")
+        for problem in _port_name_problems(port_name or "x"):
+            p.add(f"ports[{i}].name", f"{port_name!r}: {problem}")
+        number = _integer(p, port.get("port"), f"ports[{i}].port")
+        if number is not None:
+            _check_port_number(p, number, f"ports[{i}].port")
+            ports.append(NamedPort(port_name or "", number, _protocol(p, port.get("protocol"), f"ports[{i}].protocol")))
+    node = _string(p, top.get("node", ""), "node") or ""
+    origin = f"{origin}: endpoint {namespace}/{name}" if origin else f"endpoint {namespace}/{name}"
+    endpoint = Endpoint(namespace, name, _labels(p, top.get("labels"), "labels"), tuple(a for a in addresses if a),
+                        tuple(ports), node, origin)
+    _raise(p, origin)
+    return endpoint
+
+
+def endpoint_record(endpoint: Endpoint) -> dict:
+    """The compact form of an endpoint (parse_endpoint's input)."""
+    return {"namespace": endpoint.namespace, "name": endpoint.name, "labels": dict(endpoint.labels),
+            "addresses": list(endpoint.addresses), "node": endpoint.node,
+            "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol} for p in endpoint.ports]}
 
 
 # --- documents ----------------------------------------------------------------

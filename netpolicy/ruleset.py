@@ -128,8 +128,6 @@ def _decode_field(kind: str, item) -> tuple[int, int]:
 
 
 def decode_element(spec: SetSpec, item) -> tuple[Key, Value]:
-    if isinstance(item, dict) and "elem" in item:  # element with statements (timeouts, counters)
-        item = item["elem"]["val"]
     key, value = (item[0], item[1]) if spec.verdicts else (item, None)
     fields = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
     canonical_key = tuple(_decode_field(kind, f) for kind, f in zip(spec.key, fields))

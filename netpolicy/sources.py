@@ -9,12 +9,13 @@ or etcd) is a third with the same two methods.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Callable, Protocol
 
 from .model import Endpoint, Inputs, Namespace, Policy
-from .parse import PolicyError, load_text
+from .parse import PolicyError, endpoint_record, load_text, parse_endpoint
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -101,21 +102,49 @@ class DirectorySource:
 
 class EndpointRegistry:
     """Endpoints registered one at a time (the netpolicy CNI plugin's ADD,
-    through the agent) and removed on DEL or GC."""
+    through the agent) and removed on DEL or GC.  With ``directory``, each
+    is also a JSON file there, read back at start: an agent restart must
+    not forget a pod, or the first reconcile would lift its isolation."""
 
-    def __init__(self):
+    def __init__(self, directory: str | None = None):
         self._lock = threading.Lock()
+        self._directory = directory
         self._endpoints: dict[str, Endpoint] = {}
         self._listeners: list[Callable[[], None]] = []
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+            for name in sorted(os.listdir(directory)):
+                if name.endswith(".json"):
+                    path = os.path.join(directory, name)
+                    with open(path) as f:
+                        endpoint = parse_endpoint(json.load(f), path)
+                    self._endpoints[endpoint.key] = endpoint
+
+    def _path(self, key: str) -> str:
+        # namespaces are DNS labels and names DNS subdomains: neither holds "_"
+        return os.path.join(self._directory, key.replace("/", "_", 1) + ".json")
 
     def put(self, endpoint: Endpoint) -> None:
         with self._lock:
+            if self._directory:
+                path = self._path(endpoint.key)
+                with open(path + ".tmp", "w") as f:
+                    json.dump(endpoint_record(endpoint), f)
+                os.replace(path + ".tmp", path)
             self._endpoints[endpoint.key] = endpoint
         self._notify()
 
+    def _drop(self, key: str) -> bool:
+        if self._directory:
+            try:
+                os.unlink(self._path(key))
+            except FileNotFoundError:
+                pass
+        return self._endpoints.pop(key, None) is not None
+
     def remove(self, key: str) -> bool:
         with self._lock:
-            found = self._endpoints.pop(key, None) is not None
+            found = self._drop(key)
         self._notify()
         return found
 
@@ -125,7 +154,7 @@ class EndpointRegistry:
         with self._lock:
             gone = [k for k in self._endpoints if k not in keep]
             for k in gone:
-                del self._endpoints[k]
+                self._drop(k)
         self._notify()
         return gone
 

@@ -16,6 +16,8 @@ import os
 import random
 import subprocess
 import sys
+import threading
+import time
 import uuid
 
 import pytest
@@ -138,9 +140,12 @@ class Lab:
         return sh("ip", "netns", "exec", self.host, sys.executable, "-m", "netpolicy", command,
                   "-f", str(self.workdir), *args, check=check)
 
-    def write(self, policies):
-        files = {"namespaces.yaml": self.namespace_objects(), "pods.yaml": self.pod_objects(),
-                 "policies.yaml": policies}
+    def write(self, policies, registered=()):
+        """The sources' files; pods in ``registered`` are left out (the CNI
+        plugin registers them through the controller instead)."""
+        pods = [p for p in self.pod_objects()
+                if f"{p['metadata']['namespace']}/{p['metadata']['name']}" not in registered]
+        files = {"namespaces.yaml": self.namespace_objects(), "pods.yaml": pods, "policies.yaml": policies}
         for name, objects in files.items():
             (self.workdir / name).write_text("\n---\n".join(json.dumps(o) for o in objects) + "\n")
 
@@ -417,3 +422,94 @@ def test_bridged_traffic_fails_closed_without_br_netfilter(fresh):
         lab.apply(lab.policies)
     assert sh("ip", "netns", "exec", lab.host, "sysctl", "-n", "net.bridge.bridge-nf-call-iptables").stdout.strip() == "1"
     lab.check()
+
+
+# --- the node agent's controller: CNI registrations, restarts, watching -------------------------
+CONTROLLER = """
+import json, logging, sys, threading
+from netpolicy.enforcer import PolicyController
+from netpolicy.parse import parse_endpoint
+from netpolicy.sources import DirectorySource
+logging.basicConfig(level=logging.INFO)
+node, directory, registry, command, *args = sys.argv[1:]
+ctl = PolicyController(node, [DirectorySource(directory, interval=0.05)], registry_dir=registry)
+if command == "register":
+    print(json.dumps(ctl.register(parse_endpoint(json.loads(args[0])))))
+elif command == "unregister":
+    print(json.dumps(ctl.unregister(args[0])))
+elif command == "reconcile":
+    print(json.dumps(ctl.reconcile()))
+else:
+    stop = threading.Event()
+    loop = threading.Thread(target=ctl.run, args=(stop,))
+    loop.start()
+    sys.stdin.read()
+    stop.set()
+    loop.join()
+"""
+
+
+def controller(lab, registry, command, *args, **popen):
+    cmd = ["ip", "netns", "exec", lab.host, sys.executable, "-c", CONTROLLER, NODE, str(lab.workdir),
+           str(registry), command, *args]
+    if popen:
+        return subprocess.Popen(cmd, text=True, **popen)
+    return json.loads(sh(*cmd).stdout)
+
+
+def test_a_registered_pod_is_isolated_when_register_returns(fresh, tmp_path):
+    lab = fresh
+    policies = [netpol("deny", "x", podSelector={}),
+                netpol("from-y", "x", podSelector=pods_labelled(pod="a"), ingress=[
+                    {"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}])]
+    lab.apply(policies)
+    lab.write(policies, registered=["x/a"])
+    assert controller(lab, tmp_path, "reconcile")   # x/a unknown: its rules go
+    z_a, x_a = lab.pods["z/a"]["addresses"], lab.pods["x/a"]["addresses"]
+    unknown = [("z/a", "x/a", z_a[0], x_a[0], 80, "tcp")]
+    assert list(lab.probe(unknown).values()) == [True]
+
+    pod = lab.pods["x/a"]
+    record = {"namespace": "x", "name": "a", "labels": pod["labels"], "addresses": list(pod["addresses"]),
+              "node": NODE, "ports": [{"name": "web", "port": pod["web"], "protocol": "TCP"}]}
+    assert controller(lab, tmp_path, "register", json.dumps(record))
+    assert list(lab.probe(unknown).values()) == [False]
+    lab.check()
+    assert controller(lab, tmp_path, "reconcile") == []   # a restarted agent remembers x/a
+    assert controller(lab, tmp_path, "unregister", "x/a")
+    assert list(lab.probe(unknown).values()) == [True]
+
+
+def _wait_for(predicate, what, deadline=15.0):
+    end = time.monotonic() + deadline
+    while not predicate():
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_the_agent_loop_follows_files_and_keeps_the_last_valid_state(fresh, tmp_path):
+    lab = fresh
+    lab.apply([])
+    agent = controller(lab, tmp_path, "run", stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = []
+    threading.Thread(target=lambda: log.extend(agent.stderr), daemon=True).start()
+    try:
+        first = cases(lab)["allow-from-namespace"]
+        lab.write(first)
+        lab.policies = first
+        _wait_for(lambda: "x/from-y ingress[0]" in lab.nft("list", "counters").stdout, "the policy")
+        lab.check()
+        before = lab.nft("-j", "list", "ruleset").stdout
+        broken = copy.deepcopy(first)
+        broken[0]["spec"]["podSelector"] = {"matchExpressions": [{"key": "pod", "operator": "In"}]}
+        lab.write(broken)
+        _wait_for(lambda: any("keeping the last valid state" in line for line in log), "the agent to refuse it")
+        assert lab.nft("-j", "list", "ruleset").stdout == before
+        fixed = cases(lab)["union-of-policies"]
+        lab.write(fixed)
+        lab.policies = fixed
+        _wait_for(lambda: "x/udp-from-z ingress[0]" in lab.nft("list", "counters").stdout, "the fixed policies")
+        lab.check()
+    finally:
+        agent.stdin.close()
+        agent.wait()

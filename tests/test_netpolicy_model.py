@@ -5,7 +5,7 @@ import copy
 import pytest
 
 from netpolicy.model import EGRESS, INGRESS, Endpoint, Inputs, LabelSelector, Namespace, Requirement, World
-from netpolicy.parse import PolicyError, load_text, parse_objects, parse_policy
+from netpolicy.parse import PolicyError, endpoint_record, load_text, parse_endpoint, parse_objects, parse_policy
 from netpolicy.sources import DirectorySource, EndpointRegistry, merge
 
 BASE = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -250,3 +250,26 @@ def test_registry_overrides_files_and_gc():
     assert [e.labels for e in merged.endpoints if e.key == "x/a"] == [{"v": "2"}]
     assert registry.retain(["x/a"]) == ["x/b"]
     assert [e.key for e in registry.list().endpoints] == ["x/a"]
+
+
+def test_registered_endpoints_persist_across_a_restart(tmp_path):
+    record = {"namespace": "x", "name": "a", "labels": {"app": "web"}, "addresses": ["10.240.0.2", "fd00::2"],
+              "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "node": "node-1"}
+    endpoint = parse_endpoint(record)
+    assert endpoint_record(endpoint) == record
+    EndpointRegistry(str(tmp_path)).put(endpoint)
+    restarted = EndpointRegistry(str(tmp_path))
+    assert restarted.list().endpoints == (endpoint,)
+    restarted.remove("x/a")
+    assert EndpointRegistry(str(tmp_path)).list().endpoints == () and not list(tmp_path.iterdir())
+
+
+def test_invalid_registration_is_rejected():
+    with pytest.raises(PolicyError) as e:
+        parse_endpoint({"namespace": "X", "name": "a", "addresses": ["10.0.0.300"],
+                        "ports": [{"name": "Http", "port": 0}]})
+    assert e.value.problems == [
+        "namespace: 'X' must be a lowercase RFC 1123 label of at most 63 characters",
+        "addresses[0]: '10.0.0.300' is not an IP address",
+        "ports[0].name: 'Http': must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
+        "ports[0].port: 0: must be between 1 and 65535, inclusive"]
