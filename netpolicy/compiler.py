@@ -8,13 +8,12 @@ that port.  The class chain looks the peer address up in each fragment's
 *peer group* (a named interval set of the addresses a rule's from/to
 admits, shared by every rule with the same peers) and jumps to the first
 matching rule's counter, then returns (on to the other direction); no
-match is a drop.  Pods with the same
-rules share profiles and classes, rules with the same peers share groups,
-so the ruleset grows with what differs, and a pod is one element per
-address in its direction's map (plus its address in the groups it is a
-peer of).  Per packet: two lookups plus one set lookup per rule that
-applies to that pod and port, whatever the number of other policies and
-pods.
+match is a drop.  Pods with the same rules share profiles and classes,
+rules with the same peers share groups, so the ruleset grows with what
+differs, and a pod is one element per address in its direction's map (plus
+its address in the groups it is a peer of).  Per packet: two lookups plus
+one set lookup per rule that applies to that pod and port, whatever the
+number of other policies and pods.
 """
 from __future__ import annotations
 
@@ -117,13 +116,9 @@ def rule_peers(world: World, policy: Policy, rule: Rule) -> AddressSet:
     list is empty, else the union of its peers."""
     if not rule.peers:
         return AddressSet.everything()
-    return union(_peer_addresses(world, policy, peer) for peer in rule.peers)
-
-
-def _peer_addresses(world: World, policy: Policy, peer: Peer) -> AddressSet:
-    if peer.ip_block:
-        return AddressSet.of_ip_block(peer.ip_block)
-    return AddressSet.of_addresses(a for e in world.peer_endpoints(policy, peer) for a in e.addresses)
+    return union(AddressSet.of_ip_block(peer.ip_block) if peer.ip_block else
+                 AddressSet.of_addresses(a for e in world.peer_endpoints(policy, peer) for a in e.addresses)
+                 for peer in rule.peers)
 
 
 def _peer_definition(policy: Policy, peer: Peer) -> str:
@@ -141,7 +136,6 @@ class _Compiler:
         self.world = World(inputs)
         self.node = node
         self.policies = sorted(inputs.policies, key=lambda p: p.key)
-        self._peers: dict[str, AddressSet] = {}
         self._named: dict[tuple[str, str], dict[int, list[str]]] = {}
         self._profile_names: dict[tuple[Fragment, ...], str] = {}
         self.profiles: dict[str, Chain] = {}
@@ -160,18 +154,9 @@ class _Compiler:
             self._group_names[key] = "g_" + _digest(repr((definition, variant))) if definition or variant else None
         name = self._group_names[key]
         if name is not None and name not in self.groups:
-            if not rule.peers:
-                peers = AddressSet.everything()
-            else:
-                peers = union(self._peer_addresses(policy, p) for p in rule.peers)
+            peers = rule_peers(self.world, policy, rule)
             self.groups[name] = peers if only is None else AddressSet.of_addresses(a for a in only if a in peers)
         return name
-
-    def _peer_addresses(self, policy: Policy, peer: Peer) -> AddressSet:
-        key = _peer_definition(policy, peer)
-        if key not in self._peers:
-            self._peers[key] = _peer_addresses(self.world, policy, peer)
-        return self._peers[key]
 
     def named_destinations(self, name: str, protocol: str) -> dict[int, list[str]]:
         """Port number -> addresses of endpoints whose port ``name`` it is."""
@@ -264,7 +249,7 @@ class _Compiler:
                 if policies and endpoint.node == self.node:
                     self._isolate(inet, bridge, endpoint, direction, policies)
 
-        self._rules_and_classes(inet)
+        self._counters_groups_classes_profiles(inet)
         self._base_chains(inet, bridge)
         return [inet, bridge]
 
@@ -286,7 +271,7 @@ class _Compiler:
             inet.elements[pods_map(direction, version)][((value, value),)] = ("goto", profile)
             bridge.elements[isolated_set(direction, version)][((value, value),)] = None
 
-    def _rules_and_classes(self, inet: Table) -> None:
+    def _counters_groups_classes_profiles(self, inet: Table) -> None:
         for policy in self.policies:
             for direction in sorted(policy.policy_types):
                 for i, _ in enumerate(policy.rules(direction)):

@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+
+# The one lock of every nftables writer in a network namespace (our plugins
+# take it too); cni_plugins.kernel.nft once the tree is reorganised.
+from cni_plugins.nft import locked
 
 from .compiler import TABLE, compile_tables
 from .model import Endpoint, Inputs
-from .nft import Kernel, NftError, enable_bridged_filtering, locked
+from .nft import Kernel, NftError, enable_bridged_filtering
 from .parse import PolicyError
 from .ruleset import Table, transaction
 from .sources import EndpointRegistry, Source, merge
@@ -98,9 +103,11 @@ class PolicyController:
             found.append(self._good[i])
         return merge(found)
 
-    def reconcile(self) -> list[dict]:
+    def reconcile(self, resync: bool = False) -> list[dict]:
+        """Bring the kernel to the sources; ``resync``: against a fresh
+        listing of our tables rather than what was last applied."""
         with self._lock:
-            return self.enforcer.apply(self.inputs())
+            return self.enforcer.apply(self.inputs(), resync=resync)
 
     # --- the CNI plugin's calls (through the agent) ---------------------------
     def register(self, endpoint: Endpoint) -> list[dict]:
@@ -119,21 +126,28 @@ class PolicyController:
         return self.reconcile()
 
     # --- the agent's loop -------------------------------------------------------
-    def run(self, stop: threading.Event, interval: float = 0.2) -> None:
-        """Reconcile now and after every change any source reports, until
-        ``stop`` is set; errors are logged and retried on the next change."""
+    def run(self, stop: threading.Event, interval: float = 0.2, resync_every: float = 300.0) -> None:
+        """Reconcile now, after every change any source reports, and against
+        a fresh listing every ``resync_every`` seconds (healing tables someone
+        else changed), until ``stop`` is set; errors are logged and retried
+        on the next change."""
         wake = threading.Event()
         watchers = [threading.Thread(target=s.watch, args=(wake.set, stop), daemon=True,
                                      name=f"netpolicy-watch-{i}") for i, s in enumerate(self.sources)]
         for t in watchers:
             t.start()
         wake.set()
+        next_resync = time.monotonic() + resync_every
         while not stop.is_set():
-            if not wake.wait(interval):
+            woke = wake.wait(interval)
+            resync = time.monotonic() >= next_resync
+            if not (woke or resync):
                 continue
             wake.clear()
+            if resync:
+                next_resync = time.monotonic() + resync_every
             try:
-                self.reconcile()
+                self.reconcile(resync=resync)
             except Exception:  # keep running: the next change may fix it
                 log.exception("netpolicy: reconcile failed")
         for t in watchers:

@@ -91,6 +91,19 @@ def _judge(world: World, direction: str, pod: Endpoint, peer_address: str | None
     return side
 
 
+def _side(world: World, direction: str, pod: Endpoint | None, peer: Endpoint | None, peer_address: str | None,
+          destination: Endpoint | None, nodes: Mapping[str, list[str]], port: int, protocol: str) -> Side:
+    """Judge ``pod``'s side of the flow (the source's egress, the
+    destination's ingress) with ``peer`` at the other end."""
+    if pod is None:
+        end = "source" if direction == EGRESS else "destination"
+        return Side(direction, reason=f"the {end} is not a pod: no {direction.lower()} policy applies")
+    if peer is None and peer_address in nodes.get(pod.node, ()):
+        way = "to" if direction == EGRESS else "from"
+        return Side(direction, pod.key, reason=f"traffic {way} the pod's own node is always allowed")
+    return _judge(world, direction, pod, peer_address, destination, port, protocol)
+
+
 def explain(inputs: Inputs, source: str, destination: str, port: int, protocol: str = "TCP",
             node_addresses: Mapping[str, list[str]] | None = None) -> Explanation:
     """Judge one new connection.  ``source``/``destination``: namespace/name
@@ -102,18 +115,8 @@ def explain(inputs: Inputs, source: str, destination: str, port: int, protocol: 
     nodes = node_addresses or {}
     src, src_address = _endpoint(world, source)
     dst, dst_address = _endpoint(world, destination)
-    if src is None:
-        egress = Side(EGRESS, reason="the source is not a pod: no egress policy applies")
-    elif dst is None and dst_address in nodes.get(src.node, ()):
-        egress = Side(EGRESS, src.key, reason="traffic to the pod's own node is always allowed")
-    else:
-        egress = _judge(world, EGRESS, src, dst_address, dst, port, protocol)
-    if dst is None:
-        ingress = Side(INGRESS, reason="the destination is not a pod: no ingress policy applies")
-    elif src is None and src_address in nodes.get(dst.node, ()):
-        ingress = Side(INGRESS, dst.key, reason="traffic from the pod's own node is always allowed")
-    else:
-        ingress = _judge(world, INGRESS, dst, src_address, dst, port, protocol)
+    egress = _side(world, EGRESS, src, dst, dst_address, dst, nodes, port, protocol)
+    ingress = _side(world, INGRESS, dst, src, src_address, dst, nodes, port, protocol)
     return Explanation(source, destination, port, protocol, egress, ingress)
 
 

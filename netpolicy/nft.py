@@ -6,9 +6,7 @@ process's network namespace.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
-from contextlib import contextmanager
 
 from .ruleset import Table, decode_table
 
@@ -66,19 +64,6 @@ def _trim_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-@contextmanager
-def locked():
-    """Serialise read-diff-apply against other writers in this network
-    namespace (an agent and a one-off `apply`): flock on the namespace
-    file, which every process in the netns sees as the same inode."""
-    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def enable_bridged_filtering() -> list[str]:

@@ -441,7 +441,7 @@ elif command == "reconcile":
     print(json.dumps(ctl.reconcile()))
 else:
     stop = threading.Event()
-    loop = threading.Thread(target=ctl.run, args=(stop,))
+    loop = threading.Thread(target=ctl.run, args=(stop,), kwargs={"resync_every": 0.5})
     loop.start()
     sys.stdin.read()
     stop.set()
@@ -487,7 +487,7 @@ def _wait_for(predicate, what, deadline=15.0):
         time.sleep(0.05)
 
 
-def test_the_agent_loop_follows_files_and_keeps_the_last_valid_state(fresh, tmp_path):
+def test_the_agent_loop_follows_files_keeps_the_last_valid_state_and_heals(fresh, tmp_path):
     lab = fresh
     lab.apply([])
     agent = controller(lab, tmp_path, "run", stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -509,6 +509,10 @@ def test_the_agent_loop_follows_files_and_keeps_the_last_valid_state(fresh, tmp_
         lab.write(fixed)
         lab.policies = fixed
         _wait_for(lambda: "x/udp-from-z ingress[0]" in lab.nft("list", "counters").stdout, "the fixed policies")
+        lab.check()
+        # someone deletes our table: the periodic resync lists the kernel and rebuilds it
+        lab.nft("delete", "table", "inet", "pycni_netpolicy")
+        _wait_for(lambda: "x/udp-from-z ingress[0]" in lab.nft("list", "counters").stdout, "the rebuilt table")
         lab.check()
     finally:
         agent.stdin.close()
