@@ -112,6 +112,7 @@ class Policy:
 class Namespace:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    origin: str = field(default="", compare=False)
 
     def effective_labels(self) -> dict[str, str]:
         # Kubernetes sets this label on every namespace and keeps it equal to the name.

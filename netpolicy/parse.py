@@ -348,8 +348,9 @@ def parse_namespace(obj, origin: str = "") -> Namespace:
     name, _, labels = _metadata(p, _mapping(p, obj, "").get("metadata"), namespaced=False)
     if name:
         _check_dns_label(p, name, "metadata.name")
-    _raise(p, f"{origin}: Namespace {name}" if origin else f"Namespace {name}")
-    return Namespace(name, labels)
+    origin = f"{origin}: Namespace {name}" if origin else f"Namespace {name}"
+    _raise(p, origin)
+    return Namespace(name, labels, origin)
 
 
 def _address(p: _Problems, text, path: str) -> str | None:

@@ -31,8 +31,7 @@ def _unique(objects, kind: str) -> tuple:
     for obj in objects:
         key = obj.name if isinstance(obj, Namespace) else obj.key
         if key in seen:
-            raise PolicyError(getattr(obj, "origin", ""), [
-                f"{kind} {key} is also defined at {getattr(seen[key], 'origin', '') or 'another place'}"])
+            raise PolicyError(obj.origin, [f"{kind} {key} is also defined at {seen[key].origin}"])
         seen[key] = obj
     return tuple(seen.values())
 
@@ -66,6 +65,10 @@ class DirectorySource:
         self.interval = interval
 
     def _files(self) -> list[str]:
+        # A missing directory is an error, not "no policies": an unmounted
+        # volume must not lift every pod's isolation.
+        if not os.path.exists(self.path):
+            raise PolicyError(self.path, ["no such file or directory"])
         if os.path.isfile(self.path):
             return [self.path]
         found = []
@@ -81,7 +84,9 @@ class DirectorySource:
                 objects += load_text(f.read(), path)
         return inputs_of(objects)
 
-    def _fingerprint(self) -> list:
+    def _fingerprint(self) -> list | None:
+        if not os.path.exists(self.path):
+            return None
         prints = []
         for path in self._files():
             try:

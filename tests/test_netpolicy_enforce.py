@@ -516,4 +516,8 @@ def test_the_agent_loop_follows_files_keeps_the_last_valid_state_and_heals(fresh
         lab.check()
     finally:
         agent.stdin.close()
-        agent.wait()
+        try:
+            agent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()

@@ -240,6 +240,8 @@ def test_directory_source_and_duplicates(tmp_path):
     (sub / "again.yaml").write_text(POD)
     with pytest.raises(PolicyError, match="Pod x/a is also defined at .*pods.yaml"):
         DirectorySource(str(tmp_path)).list()
+    with pytest.raises(PolicyError, match="no such file or directory"):  # not "no policies"
+        DirectorySource(str(tmp_path / "gone")).list()
 
 
 def test_registry_overrides_files_and_gc():
