@@ -139,8 +139,17 @@ class Cluster:
                 return True
         return False
 
-    def allowed(self, src_ip, dst_ip, port, protocol="TCP"):
-        """May a new connection from src_ip to dst_ip:port/protocol be made?"""
+    def _address(self, ref):
+        """A pod's first address for "namespace/name", else ``ref`` itself."""
+        for pod in self.pods:
+            if f"{pod.namespace}/{pod.name}" == ref:
+                return pod.ips[0]
+        return ref
+
+    def allowed(self, src, dst, port, protocol="TCP"):
+        """May a new connection from src to dst:port/protocol be made?
+        src, dst: addresses or "namespace/name" of pods."""
+        src_ip, dst_ip = self._address(src), self._address(dst)
         src, dst = self.pod_with_ip(src_ip), self.pod_with_ip(dst_ip)
         if src is not None and src is dst:
             return True

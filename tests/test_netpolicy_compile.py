@@ -242,6 +242,10 @@ def test_explain_names_policies_and_rules():
                           egress=[{"to": [{"ipBlock": {"cidr": "10.240.0.0/24"}}]}]))
     result = explain(model, "y/client", "x/web", 8080, "TCP")
     assert result.allowed
+    reference = Cluster([ALLOW_CLIENTS, netpol("deny-out", "y", podSelector={}, policyTypes=["Egress"],
+                                               egress=[{"to": [{"ipBlock": {"cidr": "10.240.0.0/24"}}]}])],
+                        [], [WEB, CLIENT, OTHER])
+    assert reference.allowed("y/client", "x/web", 8080) and not reference.allowed("y/other", "x/web", 8080)
     assert result.egress.allowing == ["y/deny-out egress[0]"]
     assert result.ingress.allowing == ["x/allow-clients ingress[0]"]
     denied = explain(model, "y/other", "10.240.0.2", 8080, "TCP")
