@@ -21,7 +21,7 @@ import time
 
 # The one lock of every nftables writer in a network namespace (our plugins
 # take it too); cni_plugins.kernel.nft once the tree is reorganised.
-from cni_plugins.nft import locked
+from cni_plugins.kernel.nft import locked
 
 from .compiler import TABLE, compile_tables
 from .model import Endpoint, Inputs
