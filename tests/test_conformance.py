@@ -646,6 +646,23 @@ def test_ptp_gets_the_generic_checks(tmp_path, capsys):
     assert "host link veth" in failures(r)["del.no-netns"]
 
 
+@root
+def test_suite_config_says_what_a_conflist_cannot(tmp_path, capsys):
+    """A suite config naming the same ptp conflist: its concurrency runs the
+    parallel check the suite cannot judge on its own for ptp."""
+    needs_reference()
+    (tmp_path / "ptp.conflist").write_text(json.dumps(PTP))
+    suite = tmp_path / "ptp-suite.yaml"
+    suite.write_text("network: ptp.conflist\nifname: net0\nconcurrency: 3\nversions: [1.0.0]\n")
+    rc, reports = run_cli(capsys, suite, ("reference", REFERENCE_BIN))
+    checks = checks_of(reports["reference"])
+    assert checks["concurrency"]["result"] == "pass", checks["concurrency"]
+    assert checks["concurrency"]["evidence"].startswith("3 parallel ADDs/DELs")
+    assert checks["result.present@1.0.0"]["result"] == "pass"
+    assert derived_of(reports["reference"])["plugins[0].ipam.subnet"][0] == "10.1.1.0/24"
+    assert rc == 1 and set(failures(reports["reference"])) == {"del.no-netns"}
+
+
 @pytest.fixture
 def host_device():
     """A device standing for the host's NIC: one end of a veth pair."""
