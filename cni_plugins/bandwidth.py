@@ -22,7 +22,7 @@ library only.
 import errno
 
 from .core.attachment import commit, release, store_for
-from .core.config import bad_config
+from .core.config import bad_config, fold_keys
 from .core.errors import CNIError, LINK_EXISTS, UNKNOWN_CONTAINER, kernel_failure, require_same
 from .core.plain import plain
 from .core.request import Request
@@ -57,21 +57,25 @@ def _rate_and_burst(rate: int, burst: int, what: str) -> None:
         raise bad_config(PLUGIN, f"if {what}Rate is set, {what}Burst must also be set")
     if rate == 0 and burst != 0:
         raise bad_config(PLUGIN, f"if {what}Burst is set, {what}Rate must also be set")
-    if burst // 8 >= 0xFFFFFFFF:
+    if burst // 8 >= tc.U32_MAX:
         raise bad_config(PLUGIN, f"{what}Burst cannot be more than 4GB")
     if rate and rate < 8:
         raise bad_config(PLUGIN, f"{what}Rate must be at least 8 bits/s")
-    if rate and tc.tbf_params(rate // 8, burst // 8)[0] > 0xFFFFFFFF:
-        raise bad_config(PLUGIN, f"{what}Burst {burst} is too large for {what}Rate {rate} (more than ~4.5 min of traffic)")
+    if rate // 8 > tc.U64_MAX:
+        raise bad_config(PLUGIN, f"{what}Rate {rate} is more than the kernel's tbf can hold (2^64 bytes/s)")
 
 
 def parse_config(req: Request) -> Limits:
-    c = req.config
+    """Limits from the static config keys or, with none of those, from the
+    ``bandwidth`` capability; key names are matched case-insensitively, as
+    Go's JSON decoder does (containerd sends {"IngressRate": ...})."""
+    c = fold_keys(req.config, _KEYS)
     entry = c if any(k in c for k in _KEYS) else req.runtime_config.get("bandwidth")
     if entry is None:
         return Limits()
     if not isinstance(entry, dict):
         raise bad_config(PLUGIN, "runtimeConfig.bandwidth must be an object")
+    entry = fold_keys(entry, _KEYS)
     for key in ("shapedSubnets", "unshapedSubnets"):
         if entry.get(key):
             raise bad_config(PLUGIN, f"{key} is not supported (all of the container's traffic is shaped)")

@@ -13,7 +13,7 @@ import errno
 import ipaddress
 import os
 
-from .core import delegate
+from .core import delegate, version
 from .core.attachment import commit, release, store_for
 from .core.config import bad_config, typed, unicast_mac
 from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS, UNKNOWN_CONTAINER, \
@@ -149,6 +149,10 @@ def parse_config(req: Request) -> BridgeConfig:
         cfg.vlan_trunk.append((low, high))
     if cfg.vlan and cfg.vlan_trunk:
         raise bad_config(PLUGIN, "cannot set vlan and vlanTrunk at the same time")
+    try:
+        version.dns_problem(cfg.dns)
+    except ValueError as e:
+        raise bad_config(PLUGIN, str(e)) from None
     mac = str(req.runtime_config.get("mac") or req.args.get("MAC") or "")
     cfg.mac = unicast_mac(PLUGIN, mac) if mac else ""
     delegate.ipam_type(req)
@@ -337,7 +341,13 @@ def _configure_container_side(cfg: BridgeConfig, plan: Plan, sandbox: Sandbox, l
         cont.add_address(link.index, addr, nodad=not cfg.enable_dad)
     cont.set_link(link.index, up=True)
     for r in plan.routes:
-        cont.add_route(r["dst"], r["gw"], link.index, mtu=r["mtu"], advmss=r["advmss"], priority=r["priority"])
+        try:
+            cont.add_route(r["dst"], r["gw"], link.index, mtu=r["mtu"], advmss=r["advmss"], priority=r["priority"])
+        except NetlinkError as e:
+            # a route to the interface's own subnet is there already (the
+            # kernel adds it with the address): the reference accepts it too
+            if e.errno != errno.EEXIST:
+                raise
 
 
 def apply_plan(cfg: BridgeConfig, plan: Plan, host: Netlink, sandbox: Sandbox) -> dict:

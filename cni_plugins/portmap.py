@@ -43,7 +43,7 @@ import json
 import sys
 
 from .core.attachment import commit, release, store_for
-from .core.config import bad_config
+from .core.config import bad_config, fold_keys
 from .core.errors import KERNEL_FAILURE, CNIError, require_same
 from .core.plain import plain
 from .core.request import Request
@@ -55,6 +55,7 @@ from .kernel.nft import concat, match, meta, payload, prefix
 
 PLUGIN = "portmap"
 PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
+_MAPPING_KEYS = ("hostPort", "containerPort", "protocol", "hostIP")
 
 
 # --- the table --------------------------------------------------------------------
@@ -153,6 +154,7 @@ def parse_mappings(raw) -> list[dict]:
     for m in raw:
         if not isinstance(m, dict):
             raise bad_config(PLUGIN, f"port mapping {m!r} is not an object")
+        m = fold_keys(m, _MAPPING_KEYS)
         proto = m.get("protocol") or "tcp"
         if not isinstance(proto, str) or proto.lower() not in PROTOCOLS:
             raise bad_config(PLUGIN, f"unknown protocol {proto!r} in port mapping {m} (tcp, udp or sctp)")

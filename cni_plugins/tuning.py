@@ -58,28 +58,26 @@ def _sysctl_map(value, where: str) -> dict[str, str]:
     return dict(value)
 
 
+class _Pairs(list):
+    """A JSON object read as its (key, value) pairs, repeats kept."""
+
+
 def _duplicate_sysctl_keys(raw: bytes) -> None:
     """JSON objects may repeat a key (the last wins); for sysctls that hides
     a mistake, and the reference refuses it too."""
     if not raw or b'"sysctl"' not in raw:
         return
-
-    def pairs(items):
-        seen = set()
-        for k, _ in items:
-            if k in seen:
-                raise bad_config(PLUGIN, f"duplicated key {k!r} in the network config")
-            seen.add(k)
-        return dict(items)
-
     try:
-        doc = json.loads(raw, object_pairs_hook=lambda items: items)
-    except ValueError:
-        return
-    top = dict(doc) if isinstance(doc, list) else {}
-    sysctl = top.get("sysctl")
-    if isinstance(sysctl, list):
-        pairs(sysctl)
+        doc = json.loads(raw, object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        return  # the request parser reports what is wrong with it
+    sysctl = dict(doc).get("sysctl") if isinstance(doc, _Pairs) else None
+    if isinstance(sysctl, _Pairs):  # an array stays a plain list: parse_config refuses it
+        seen = set()
+        for key, _ in sysctl:
+            if key in seen:
+                raise bad_config(PLUGIN, f"duplicated key {key!r} in the network config")
+            seen.add(key)
 
 
 def parse_config(req: Request) -> TuningConfig:
@@ -98,9 +96,8 @@ def parse_config(req: Request) -> TuningConfig:
         cfg.mac = req.args["MAC"]
     if req.runtime_config.get("mac"):
         cfg.mac = typed(PLUGIN, req.runtime_config, "mac", str, "")
-    args = c.get("args")
-    cni = args.get("cni") if isinstance(args, dict) else None
-    if isinstance(cni, dict):
+    cni = req.args_cni
+    if cni:
         if cni.get("sysctl") is not None:
             cfg.sysctl.update(_sysctl_map(cni["sysctl"], "args.cni.sysctl"))
         cfg.mac = typed(PLUGIN, cni, "mac", str, cfg.mac)
@@ -301,7 +298,7 @@ def add(req: Request) -> dict:
     cfg = parse_config(req)
     prev = req.require_prev_result(PLUGIN)
     store = store_for(req, PLUGIN)
-    with Sandbox(req.netns, UNKNOWN_CONTAINER) as sandbox:
+    with Sandbox(req.netns) as sandbox:
         plan = make_plan(cfg, req, observe(cfg, req.ifname, sandbox), store.load(req.container_id, req.ifname))
         mac = commit(store, req, plan, lambda: apply(plan, sandbox), lambda record: restore(record, sandbox))
     result = json.loads(json.dumps(prev))

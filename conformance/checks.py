@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 
 from cni_plugins.core.version import SUPPORTED
 
-from . import schema
-from .runner import (Sandbox, SuiteConfig, addresses, firewall_text, host_links, ipam_files,
-                     mentions, routes, wait_link_gone)
+from . import knowledge, schema
+from .config import SuiteConfig
+from .derive import Change
+from .runner import (Sandbox, addresses, firewall_text, host_links, ipam_files, mentions, routes,
+                     wait_link_gone)
+from .text import elide
 
 PASS, FAIL, NA = "pass", "fail", "n/a"
 
@@ -120,6 +123,8 @@ class Report:
     versions: list[str]
     outcomes: list[Outcome] = field(default_factory=list)
     forced_cleanup: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)   # what the run changed of a deployed config
+    notes: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -131,6 +136,7 @@ class Report:
     def to_json(self) -> dict:
         return {"label": self.label, "binDir": self.bin_dir, "config": self.config,
                 "versions": self.versions, "forcedCleanup": self.forced_cleanup,
+                "derived": [c.to_json() for c in self.changes], "notes": self.notes,
                 "checks": [{"id": o.id, "section": o.check.section, "requirement": o.check.requirement,
                             "result": o.status, "evidence": o.evidence} for o in self.outcomes]}
 
@@ -147,7 +153,7 @@ class Recorder:
 
     def verdict(self, cid: str, problems: list[str], ok_note: str = "") -> bool:
         if problems:
-            self.put(cid, FAIL, "; ".join(problems)[:600])
+            self.put(cid, FAIL, elide("; ".join(problems), 600))
             return False
         self.put(cid, PASS, ok_note)
         return True
@@ -251,7 +257,7 @@ class Attachment:
     @property
     def host_ifaces(self) -> list[str]:
         return [i.get("name") for i in (self.result or {}).get("interfaces") or []
-                if isinstance(i, dict) and not i.get("sandbox") and i.get("name") != self.sb.values["bridge"]]
+                if isinstance(i, dict) and not i.get("sandbox") and i.get("name") not in self.sb.bridges]
 
     @property
     def _routable_ips(self) -> list[str]:
@@ -266,10 +272,10 @@ class Attachment:
         sb, p = self.sb, []
         left = wait_link_gone(self.host_ifaces)
         p += [f"host link {n} left" for n in left]
-        enslaved = [l["ifname"] for l in host_links() if l.get("master") == sb.values["bridge"]
+        enslaved = [(l["ifname"], l["master"]) for l in host_links() if l.get("master") in sb.bridges
                     and l["ifname"] not in left]
         # links on the bridge belong to us only if no other attachment is live
-        p += [f"link {n} still on bridge {sb.values['bridge']}" for n in enslaved if self._sole]
+        p += [f"link {n} still on bridge {br}" for n, br in enslaved if self._sole]
         if netns_alive and os.path.exists(self.path):
             ns_links = {l["ifname"] for l in host_links(self.ns)}
             for it in (self.result or {}).get("interfaces") or []:
@@ -287,6 +293,16 @@ class Attachment:
             if base in self.ips or self.cid in content:
                 p.append(f"IPAM reservation {name} ({content.strip().splitlines()[0] if content.strip() else ''}) left")
         return p
+
+    def looked_at(self) -> str:
+        """What ``leaks`` could judge for this network."""
+        what = "links, addresses, firewall"
+        ipams = knowledge.ipam_types(self.sb.plugins)
+        if any(t in knowledge.ALLOCATING_IPAM for t in ipams):
+            what += ", IPAM reservations"
+        unknown = [t for t in ipams if t not in knowledge.ALLOCATING_IPAM]
+        note = f"; state of IPAM {', '.join(unknown)} not checked (unknown to the suite)" if unknown else ""
+        return f"checked {what} for {', '.join(self.ips) or 'no address'}{note}"
 
     _sole = True
 
@@ -356,7 +372,7 @@ def _lifecycle(sb: Sandbox, rec: Recorder, cfg: SuiteConfig, v: str) -> None:
         execs = att.delete()
         rec.verdict(f"del.idempotent@{v}", [e.brief() for e in execs if not e.ok])
         rec.verdict(f"cleanup@{v}", att.leaks(fw_before, netns_alive=True),
-                    f"checked links, addresses, firewall, IPAM for {', '.join(att.ips) or 'no address'}")
+                    att.looked_at())
     finally:
         att.drop_netns()
 
@@ -376,7 +392,7 @@ def _missing_netns(sb: Sandbox, rec: Recorder, cfg: SuiteConfig, v: str) -> None
     execs = att.delete()
     rec.verdict("del.missing-netns", [e.brief() for e in execs if not e.ok], f"netns {att.path} deleted before DEL")
     rec.verdict("cleanup.missing-netns", att.leaks(fw_before, netns_alive=False),
-                f"checked links, addresses, firewall, IPAM for {', '.join(att.ips) or 'no address'}")
+                att.looked_at())
 
 
 def _no_netns(sb: Sandbox, rec: Recorder, cfg: SuiteConfig, v: str) -> None:
@@ -447,7 +463,14 @@ def _errors(sb: Sandbox, rec: Recorder, cfg: SuiteConfig, v: str) -> None:
 
 
 def _concurrency(sb: Sandbox, rec: Recorder, cfg: SuiteConfig, v: str) -> None:
-    n = max(2, cfg.concurrency)
+    unknown = knowledge.unknown_types(sb.plugins)
+    if cfg.concurrency is None and unknown:
+        rec.put("concurrency", NA, f"{', '.join(unknown)}: a type the suite has no special knowledge of, so "
+                "whether one network serves parallel containers with it is not known (host-device cannot); "
+                "a suite config with concurrency: N runs N")
+        return
+    n = max(2, cfg.concurrency or 4)
+    distinct = knowledge.allocating_ipam(sb.plugins)
     fw_before = firewall_text()
     atts = [Attachment(sb, v, cfg.ifname) for _ in range(n)]
     for a in atts:
@@ -459,7 +482,7 @@ def _concurrency(sb: Sandbox, rec: Recorder, cfg: SuiteConfig, v: str) -> None:
         p = [f"{a.cid}: {a.execs[-1].brief()}" for a in atts if a.result is None]
         ips = [ip for a in atts for ip in a.ips if not ipaddress.ip_address(ip).is_loopback]
         dup = {ip for ip in ips if ips.count(ip) > 1}
-        if dup:
+        if dup and distinct:
             p.append(f"same address handed out twice: {sorted(dup)}")
         for a in atts:
             if a.result is not None:
@@ -477,7 +500,8 @@ def _concurrency(sb: Sandbox, rec: Recorder, cfg: SuiteConfig, v: str) -> None:
         for a in atts:
             a._sole = a is atts[-1]
             p += [f"{a.cid}: {x}" for x in a.leaks(fw_before, netns_alive=True)]
-        rec.verdict("concurrency", p, f"{n} parallel ADDs/DELs, addresses {', '.join(sorted(ips))}")
+        rec.verdict("concurrency", p, f"{n} parallel ADDs/DELs, addresses {', '.join(sorted(ips))}"
+                    + ("" if distinct or not ips else "; not required to differ (no IPAM the suite knows allocates)"))
     finally:
         for a in atts:
             a.drop_netns()
@@ -587,10 +611,16 @@ def run_suite(bin_dir: str, cfg: SuiteConfig, label: str = "", progress=None) ->
     sb = Sandbox(bin_dir, cfg)
     rec = Recorder()
     say = progress or (lambda msg: None)
-    report = Report(label or bin_dir, os.path.abspath(bin_dir), cfg.source or cfg.name, [])
+    report = Report(label or bin_dir, os.path.abspath(bin_dir), cfg.source or cfg.name, [],
+                    changes=list(sb.changes), notes=list(sb.notes))
     try:
         tested, claimed = _plugin_versions(sb, rec, cfg)
         report.versions = tested
+        written = cfg.network.get("cniVersion")
+        if cfg.derived and tested and tested != [written]:
+            report.changes.append(Change("cniVersion", written or "(unset)", f"each version tested in turn "
+                                         f"({', '.join(tested)})" + (f"; --versions {written} keeps the file's"
+                                                                     if written in tested else "")))
         for v in tested:
             say(f"lifecycle {v}")
             _lifecycle(sb, rec, cfg, v)

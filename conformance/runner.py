@@ -1,11 +1,13 @@
 """Running plugins as a runtime would, in throw-away network namespaces.
 
 Everything the suite creates gets a unique name (uuid suffix) and is
-removed by ``Sandbox.close()``: namespaces, the bridge the plugin made,
-firewall rules or set elements that mention the run's subnet or network
-name, and the private IPAM/state directories.  Plugins are executed with a
-clean environment: the CNI_* variables plus what the suite config's ``env``
-says (e.g. a PATH for plugins that exec iptables).
+removed by ``Sandbox.close()``: namespaces, the bridges the plugins made,
+firewall rules or set elements that mention the run's subnets or network
+name, and the private IPAM/state directories.  A deployed network config
+is first derived into a private copy (derive.py); a suite config's template
+gets its placeholders filled in.  Plugins are executed with a clean
+environment: the CNI_* variables plus ``env`` (by default a PATH for
+plugins that exec iptables, and private state dirs for pycni's).
 """
 from __future__ import annotations
 
@@ -21,9 +23,14 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cni_plugins.core import execute as plugin_exec
+
+from .config import SuiteConfig
+from .derive import Change, Fresh, derive, private_data_dir
+from .netconf import plugins_of
+from .text import elide
 
 EXEC_TIMEOUT = 30
 
@@ -50,9 +57,7 @@ class Exec:
         return self.rc == 0
 
     def brief(self, limit: int = 160) -> str:
-        out = self.stdout.strip().replace("\n", " ") or self.stderr.strip().replace("\n", " ")
-        if len(out) > limit:
-            out = out[:limit] + "..."
+        out = elide(self.stdout.strip() or self.stderr.strip(), limit)
         return f"{self.plugin} {self.command} exit {self.rc}: {out or '(no output)'}"
 
 
@@ -80,45 +85,6 @@ def execute(bin_dir: str, plugin: str, command: str, stdin: bytes | str | dict |
                 json=out.output, json_error=out.output_error)
 
 
-# --- the suite config ------------------------------------------------------------
-@dataclass
-class SuiteConfig:
-    name: str
-    network: dict                    # conflist or single plugin config (template)
-    main: str                        # plugin type under test
-    versions: list[str] | None = None
-    env: dict = field(default_factory=dict)
-    ifname: str = "eth0"
-    chained: bool = False            # main plugin is meant to run after others
-    concurrency: int = 4
-    source: str = ""
-
-    @classmethod
-    def load(cls, path: str) -> "SuiteConfig":
-        with open(path) as f:
-            text = f.read()
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-        network = data["network"]
-        if isinstance(network, str):  # a path to a .conf/.conflist, relative to the config
-            with open(os.path.join(os.path.dirname(path), network)) as f:
-                network = json.load(f)
-        plugins = network.get("plugins") or [network]
-        main = data.get("main") or plugins[0]["type"]
-        versions = data.get("versions")
-        if versions in (None, "auto"):
-            versions = None
-        return cls(name=data.get("name") or os.path.basename(path).rsplit(".", 1)[0], network=network,
-                   main=main, versions=[str(v) for v in versions] if versions else None,
-                   env={k: str(v) for k, v in (data.get("env") or {}).items()},
-                   ifname=data.get("ifname", "eth0"), chained=bool(data.get("chained", False)),
-                   concurrency=int(data.get("concurrency", 4)), source=path)
-
-
 # --- names, subnets, placeholders ---------------------------------------------------
 def _used_networks() -> list:
     nets = []
@@ -141,13 +107,23 @@ def _used_networks() -> list:
     return nets
 
 
-def pick_subnet() -> ipaddress.IPv4Network:
-    used = _used_networks()
+def pick_subnet(prefixlen: int = 24, avoid=()) -> ipaddress.IPv4Network:
+    """A 10.2xx subnet (a /16 to a /24; a longer prefix is carved from a
+    /24) overlapping no address or route of the host, nor ``avoid``."""
+    size = max(16, min(prefixlen, 24))
+    used = _used_networks() + list(avoid)
     for _ in range(200):
-        net = ipaddress.ip_network(f"10.{random.randint(200, 254)}.{random.randint(0, 255)}.0/24")
-        if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
-            return net
-    raise RuntimeError("no free 10.2xx.x.0/24 subnet found")
+        third = random.randrange(0, 256, 1 << (24 - size))
+        net = ipaddress.ip_network(f"10.{random.randint(200, 254)}.{third}.0/{size}")
+        if not any(net.overlaps(u) for u in used if u.prefixlen > 0 and u.version == 4):
+            return ipaddress.ip_network((net.network_address, prefixlen))
+    raise RuntimeError(f"no free 10.2xx.x.0/{size} subnet found")
+
+
+def pick_subnet6(prefixlen: int = 64) -> ipaddress.IPv6Network:
+    """A subnet of a random unique local /48 (RFC 4193), which nothing else uses."""
+    base = ipaddress.ip_network("fd00::/8").network_address + (random.getrandbits(40) << 80)
+    return ipaddress.ip_network((base, max(48, prefixlen)))
 
 
 def substitute(obj, values: dict[str, str]):
@@ -171,6 +147,11 @@ def addr_pattern(address: str) -> re.Pattern:
 
 
 # --- the sandbox: everything one suite run creates ---------------------------------
+# what plugins of a derived network get besides CNI_* (a suite config's env adds to it)
+DEFAULT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYCNI_STATE_DIR": "{stateDir}",
+               "PYCNI_RUN_DIR": "{runDir}"}
+
+
 class Sandbox:
     def __init__(self, bin_dir: str, cfg: SuiteConfig):
         self.bin_dir = os.path.abspath(bin_dir)
@@ -180,27 +161,44 @@ class Sandbox:
         self.tmp = tempfile.mkdtemp(prefix=f"cnicf-{tag}-")
         self.subnet = pick_subnet()
         self.values = {
-            "name": f"cf-{cfg.name}-{tag}",
+            "name": f"cf-{re.sub(r'[^a-zA-Z0-9_.-]', '', cfg.name)[:20] or 'net'}-{tag}",
             "bridge": f"cf{tag}",
             "subnet": str(self.subnet),
             "gateway": str(self.subnet.network_address + 1),
             "rangeStart": str(self.subnet.network_address + 2),
             "rangeEnd": str(self.subnet.network_address + 250),
-            "dataDir": os.path.join(self.tmp, "ipam"),
+            "dataDir": private_data_dir(self.tmp, "host-local"),
             "stateDir": os.path.join(self.tmp, "state"),
             "runDir": os.path.join(self.tmp, "run"),
             "tmp": self.tmp,
         }
-        self.network = substitute(cfg.network, self.values)
-        self.env = substitute(cfg.env, self.values)
+        self.subnets = [self.subnet]         # every subnet the run's addresses come from
+        self.changes: list[Change] = []      # what a derived network changed of the config as written
+        self.notes: list[str] = []
+        if cfg.derived:
+            derived = derive(cfg.network, Fresh(self.values["name"], self.values["bridge"], self.tmp,
+                                                self._fresh_subnet))
+            self.network, self.bridges = derived.network, derived.bridges
+            self.changes, self.notes = derived.changes, derived.notes
+            defaults = {k: v for k, v in substitute(DEFAULT_ENV, self.values).items() if k not in cfg.env}
+            self.changes += [Change(f"env {k}", "(unset)", v) for k, v in defaults.items()]
+            self.env = {**defaults, **substitute(cfg.env, self.values)}
+        else:
+            self.network, self.bridges = substitute(cfg.network, self.values), [self.values["bridge"]]
+            self.env = substitute(cfg.env, self.values)
         self.netns_made: list[str] = []
         self._counter = 0
+        self.firewall_before = firewall_objects()
+
+    def _fresh_subnet(self, prefixlen: int, family: int):
+        subnet = pick_subnet(prefixlen, self.subnets) if family == 4 else pick_subnet6(prefixlen)
+        self.subnets.append(subnet)
+        return subnet
 
     # plugin list in libcni's terms
     @property
     def plugins(self) -> list[dict]:
-        return self.network.get("plugins") or [
-            {k: v for k, v in self.network.items() if k not in ("cniVersion", "name")}]
+        return plugins_of(self.network)
 
     @property
     def net_name(self) -> str:
@@ -274,15 +272,16 @@ class Sandbox:
         for name in self.netns_made:
             if os.path.exists(f"/var/run/netns/{name}"):
                 sh("ip", "netns", "delete", name)
-        # links attached to our bridge, then the bridge itself
-        br = self.values["bridge"]
+        # links attached to our bridges, then the bridges themselves
         for link in host_links():
-            if link.get("master") == br:
+            if link.get("master") in self.bridges:
                 sh("ip", "link", "delete", link["ifname"])
                 forced.append(f"link {link['ifname']}")
-        if any(link["ifname"] == br for link in host_links()):
-            sh("ip", "link", "delete", br)
-        forced += purge_firewall(self.subnet, self.net_name, br)
+        for link in host_links():
+            if link["ifname"] in self.bridges:
+                sh("ip", "link", "delete", link["ifname"])
+        forced += purge_firewall(self.subnets, [self.net_name, *self.bridges])
+        forced += remove_new_firewall_objects(self.firewall_before)
         shutil.rmtree(self.tmp, ignore_errors=True)
         return forced
 
@@ -359,11 +358,32 @@ def wait_link_gone(names: list[str], seconds: float = 2.0) -> list[str]:
         time.sleep(0.1)
 
 
-# --- firewall purge (our subnet / network name only) ---------------------------------------
-def purge_firewall(subnet: ipaddress.IPv4Network, net_name: str, bridge: str) -> list[str]:
-    prefix = ".".join(str(subnet.network_address).split(".")[:3]) + "."
-    pat = re.compile(r"(?<![\d.])" + re.escape(prefix) + r"\d{1,3}(?![\d])|" + re.escape(net_name)
-                     + r"|\b" + re.escape(bridge) + r"\b")
+# --- firewall purge (our subnets / names only) ---------------------------------------
+_ADDRESS = re.compile(r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7})(?![\w.:])")
+
+
+class _Ours:
+    """Does a line of firewall text name one of our subnets or names?"""
+
+    def __init__(self, subnets: list, names: list[str]):
+        self.subnets = subnets
+        self.names = re.compile("|".join(r"(?<![\w-])" + re.escape(n) + r"(?![\w-])" for n in names))
+
+    def search(self, text: str) -> bool:
+        if self.names.search(text):
+            return True
+        for m in _ADDRESS.finditer(text):
+            try:
+                address = ipaddress.ip_address(m.group())
+            except ValueError:
+                continue
+            if any(address in s for s in self.subnets):
+                return True
+        return False
+
+
+def purge_firewall(subnets: list, names: list[str]) -> list[str]:
+    pat = _Ours(subnets, names)
     removed = []
     for tool, restore in (("iptables", "iptables-save"), ("ip6tables", "ip6tables-save")):
         if not shutil.which(restore) and not os.path.exists(f"/usr/sbin/{restore}"):
@@ -391,12 +411,8 @@ def purge_firewall(subnet: ipaddress.IPv4Network, net_name: str, bridge: str) ->
                 sh(tool, "-t", table, "-X", chain)
                 removed.append(f"{tool} -t {table} chain {chain}")
     # nftables proper: rules and set elements that mention our addresses
-    try:
-        ruleset = json.loads(sh("nft", "-j", "-a", "list", "ruleset").stdout or "{}").get("nftables", [])
-    except ValueError:
-        ruleset = []
     cmds = []
-    for item in ruleset:
+    for item in _ruleset():
         if "rule" in item:
             r = item["rule"]
             if pat.search(json.dumps(r.get("expr", []))):
@@ -407,7 +423,83 @@ def purge_firewall(subnet: ipaddress.IPv4Network, net_name: str, bridge: str) ->
             if bad:
                 cmds.append({"delete": {"element": {"family": s["family"], "table": s["table"],
                                                     "name": s["name"], "elem": bad}}})
-    for cmd in cmds:  # one by one: a failure must not undo the others
+    return removed + _nft_each(cmds)
+
+
+def _ruleset() -> list[dict]:
+    try:
+        return json.loads(sh("nft", "-j", "-a", "list", "ruleset").stdout or "{}").get("nftables", [])
+    except ValueError:
+        return []
+
+
+def _nft_each(cmds: list[dict]) -> list[str]:
+    """Run nft JSON commands one by one (a failure must not undo the
+    others); what was done, failures noted."""
+    done = []
+    for cmd in cmds:
         r = sh("nft", "-j", "-f", "-", input=json.dumps({"nftables": [cmd]}))
-        removed.append(f"nft {json.dumps(cmd)[:120]}" + ("" if r.returncode == 0 else f" (failed: {r.stderr.strip()})"))
-    return removed
+        failed = f" (failed: {r.stderr.strip()})" if r.returncode else ""
+        done.append(f"nft {elide(json.dumps(cmd), 120)}{failed}")
+    return done
+
+
+# --- global firewall objects a run created ---------------------------------------------------------
+def _tables_and_chains(ruleset: list[dict]) -> tuple[set, set]:
+    tables = {(i["table"]["family"], i["table"]["name"]) for i in ruleset if "table" in i}
+    chains = {(i["chain"]["family"], i["chain"]["table"], i["chain"]["name"]) for i in ruleset if "chain" in i}
+    return tables, chains
+
+
+def firewall_objects() -> tuple[set, set]:
+    """The nftables tables (family, name) and chains (family, table, name)
+    there are now, iptables-nft's included."""
+    return _tables_and_chains(_ruleset())
+
+
+def _bare_jump(rule: dict) -> str | None:
+    """The target of a rule that does nothing but jump (counted, commented)."""
+    target = None
+    for e in rule.get("expr", []):
+        if "jump" in e or "goto" in e:
+            target = (e.get("jump") or e.get("goto"))["target"]
+        elif not ("counter" in e or e.get("xt", {}).get("name") == "comment"):
+            return None
+    return target
+
+
+def remove_new_firewall_objects(before: tuple[set, set]) -> list[str]:
+    """Remove the global CNI-* chains (the reference firewall's CNI-FORWARD
+    and CNI-ADMIN, portmap's CNI-HOSTPORT-*) and the tables that appeared
+    since ``before``, once nothing is left in them but jumps among
+    themselves: no container's rule, ours or anyone's, goes with them."""
+    tables_before, chains_before = before
+    ruleset = _ruleset()
+    rules = [item["rule"] for item in ruleset if "rule" in item]
+    created = {c for c in _tables_and_chains(ruleset)[1] - chains_before if c[2].startswith("CNI-")}
+
+    def chain(r):
+        return r["family"], r["table"], r["chain"]
+
+    def target(r):
+        jump = _bare_jump(r)
+        return (r["family"], r["table"], jump) if jump else None
+
+    removable = set(created)
+    while True:   # a created chain stays if it holds any other rule, or a staying one jumps to it
+        staying = created - removable
+        keep = {chain(r) for r in rules if chain(r) in removable and target(r) not in removable}
+        keep |= {target(r) for r in rules if chain(r) in staying and target(r) in removable}
+        if not keep:
+            break
+        removable -= keep
+    cmds = [{"flush": {"chain": {"family": f, "table": t, "name": c}}} for f, t, c in sorted(removable)]
+    cmds += [{"delete": {"rule": {k: r[k] for k in ("family", "table", "chain", "handle")}}} for r in rules
+             if chain(r) not in removable and target(r) in removable]
+    cmds += [{"delete": {"chain": {"family": f, "table": t, "name": c}}} for f, t, c in sorted(removable)]
+    done = _nft_each(cmds)
+    ruleset = _ruleset()
+    busy = {(i["rule"]["family"], i["rule"]["table"]) for i in ruleset if "rule" in i}
+    busy |= {(i["set"]["family"], i["set"]["table"]) for i in ruleset if "set" in i and i["set"].get("elem")}
+    empty = _tables_and_chains(ruleset)[0] - tables_before - busy
+    return done + _nft_each([{"delete": {"table": {"family": f, "name": n}}} for f, n in sorted(empty)])

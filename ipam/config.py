@@ -195,14 +195,11 @@ def data_dir_of(config: dict) -> str:
     return data_dir
 
 
-def _requested_ips(config: dict, cni_args: dict) -> list:
-    ipam = config["ipam"]
+def _requested_ips(req) -> list:
     raw = []
-    if cni_args.get("IP"):
-        raw += [p.strip() for p in cni_args["IP"].split(",")]
-    args_ips = ((config.get("args") or {}).get("cni") or {}).get("ips") if isinstance(
-        config.get("args"), dict) else None
-    for source in (args_ips, ipam.get("ips"), (config.get("runtimeConfig") or {}).get("ips")):
+    if req.args.get("IP"):
+        raw += [p.strip() for p in req.args["IP"].split(",")]
+    for source in (req.args_cni.get("ips"), req.config["ipam"].get("ips"), req.runtime_config.get("ips")):
         if source is None:
             continue
         if not isinstance(source, list):
@@ -214,6 +211,10 @@ def _requested_ips(config: dict, cni_args: dict) -> list:
         if addr not in out:
             out.append(addr)
     return out
+
+
+# route attributes of 1.1.0 and the largest value the kernel holds for each
+_ROUTE_NUMBERS = {"mtu": 65535, "advmss": 65535, "priority": 0xFFFFFFFF, "table": 0xFFFFFFFF, "scope": 255}
 
 
 def _routes(ipam: dict) -> list[dict]:
@@ -229,17 +230,23 @@ def _routes(ipam: dict) -> list[dict]:
             raise _config_error(f"invalid route destination {route['dst']!r}") from None
         if route.get("gw") not in (None, ""):
             parse_ip(route["gw"], "route gateway")
+        for key, top in _ROUTE_NUMBERS.items():
+            value = route.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top):
+                raise _config_error(f"route {route['dst']}: {key} must be an integer from 0 to {top}, got {value!r}")
     return [dict(r) for r in routes]
 
 
-def load(config: dict, cni_args: dict | None = None) -> IPAMConfig:
-    """Parse and validate the IPAM part of a network config (errors: code 7)."""
+def load(req) -> IPAMConfig:
+    """Parse and validate the IPAM part of a request's network config
+    (errors: code 7)."""
+    config = req.config
     name = check_network_name(config.get("name"))
     data_dir = data_dir_of(config)
     ipam = config["ipam"]
     specs = []
     # Order as the reference: runtime ipRanges, legacy single range, ranges.
-    runtime_ranges = (config.get("runtimeConfig") or {}).get("ipRanges")
+    runtime_ranges = req.runtime_config.get("ipRanges")
     if runtime_ranges:
         if not isinstance(runtime_ranges, list):
             raise _config_error("runtimeConfig.ipRanges must be a list")
@@ -261,7 +268,7 @@ def load(config: dict, cni_args: dict | None = None) -> IPAMConfig:
     if not isinstance(resolv_conf, str):
         raise _config_error(f"invalid resolvConf {resolv_conf!r}")
     return IPAMConfig(name, data_dir, range_sets, _routes(ipam), resolv_conf,
-                      _requested_ips(config, cni_args or {}))
+                      _requested_ips(req))
 
 
 def parse_resolv_conf(path: str) -> dict:

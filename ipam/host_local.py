@@ -33,7 +33,7 @@ def gc_network(data_dir: str, network: str, valid: set[tuple[str, str]]) -> list
 # -- the plugin interface (see cni_plugins.core.skel) ----------------------------
 
 def add(req) -> dict:
-    conf = config.load(req.config, req.args)
+    conf = config.load(req)
     result = {}
     if conf.resolv_conf:
         try:
@@ -57,7 +57,7 @@ def delete(req) -> None:
 
 
 def check(req) -> None:
-    conf = config.load(req.config, req.args)
+    conf = config.load(req)
     if not allocator_for(conf.data_dir, conf.name).held_by(req.container_id, req.ifname):
         raise CNIError(CHECK_FAILED, f"host-local: Failed to find address added by container {req.container_id}")
 
@@ -79,7 +79,7 @@ def gc(req) -> None:
 
 
 def status(req) -> None:
-    conf = config.load(req.config, req.args)
+    conf = config.load(req)
     store = DiskStore(conf.data_dir, conf.name)
     try:
         store.ensure_ready()

@@ -563,7 +563,10 @@ def convert_result(result: dict, cni_version: str) -> dict:
     if not cni_version or result.get("cniVersion") == cni_version:
         return result
     if cni_version in cniversion.SUPPORTED and result.get("cniVersion") in cniversion.SUPPORTED:
-        return cniversion.result_for_version(cniversion.result_to_internal(result), cni_version)
+        try:
+            return cniversion.result_for_version(cniversion.result_to_internal(result, "result"), cni_version)
+        except cniversion.CNIError as e:
+            raise LibCNIError(e.msg) from None
     return result
 
 

@@ -70,11 +70,10 @@ def bridge_name():
     run("ip", "link", "delete", name, check=False)
 
 
-def exec_plugin(bin_dir, plugin, command, config, *, netns="", container_id="c1",
-                ifname="eth0", cni_args="", extra_env=None, path=None, prefix=()):
-    """Run a plugin as a runtime does: CNI_* variables and stdin only (plus
-    our state-dir and agent overrides), no PATH.  ``prefix`` wraps the
-    command (e.g. `ip netns exec HOST`).  Returns (exit code, parsed stdout)."""
+def plugin_env(bin_dir, command, *, netns="", container_id="c1", ifname="eth0", cni_args="",
+               extra_env=None, path=None) -> dict:
+    """The environment a runtime gives a plugin: CNI_* variables (plus our
+    state-dir and agent overrides), no PATH."""
     env = execute.cni_environ({}, command, container_id=container_id, netns=netns, ifname=ifname,
                               args=cni_args, path=path or bin_dir)
     env.setdefault("CNI_NETNS", "")
@@ -82,9 +81,19 @@ def exec_plugin(bin_dir, plugin, command, config, *, netns="", container_id="c1"
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(extra_env or {})
+    return env
+
+
+def stdin_of(config) -> bytes:
     data = config if isinstance(config, (bytes, str)) else json.dumps(config)
-    out = execute.run([*prefix, os.path.join(bin_dir, plugin)], env,
-                      data if isinstance(data, bytes) else data.encode(), timeout=60)
+    return data if isinstance(data, bytes) else data.encode()
+
+
+def exec_plugin(bin_dir, plugin, command, config, *, prefix=(), **kw):
+    """Run a plugin as a runtime does (see plugin_env); ``prefix`` wraps the
+    command (e.g. `ip netns exec HOST`).  Returns (exit code, parsed stdout)."""
+    out = execute.run([*prefix, os.path.join(bin_dir, plugin)], plugin_env(bin_dir, command, **kw),
+                      stdin_of(config), timeout=60)
     text = out.stdout.decode().strip()
     return out.rc, (json.loads(text) if text else None)
 

@@ -1,37 +1,38 @@
 """The node agent: same answers as a plugin working alone, served only to
 callers in its own network and mount namespaces."""
 import concurrent.futures
+import contextlib
+import fcntl
+import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import add, data_files, delete, exec_plugin, host_veths, ping, run, unique
+from conftest import (add, data_files, delete, exec_plugin, host_veths, in_ruleset, ping, plugin_env, run,
+                      stdin_of, unique)
 
 
 
 class RunningAgent:
-    def __init__(self, name, log_path):
+    """`pycni agent` in the foreground (inside ``prefix``, e.g. `ip netns exec
+    HOST`), ready once its log says it listens."""
+
+    def __init__(self, name, log_path, prefix=()):
         self.name = name
         self.log_path = log_path
         pycni = os.path.join(os.path.dirname(sys.executable), "pycni")
-        self.proc = subprocess.Popen([pycni, "agent", "--socket", name, "--verbose"],
+        self.proc = subprocess.Popen([*prefix, pycni, "agent", "--socket", name, "--verbose"],
                                      stderr=open(log_path, "w"), stdout=subprocess.DEVNULL)
         deadline = time.time() + 15
-        while time.time() < deadline:
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect("\0" + name)
+        while time.time() < deadline and self.proc.poll() is None:
+            if "listening on" in self.log():
                 return
-            except OSError:
-                time.sleep(0.05)
-            finally:
-                probe.close()
+            time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"agent did not start: {open(log_path).read()}")
+        raise RuntimeError(f"agent did not start: {self.log()}")
 
     def log(self):
         with open(self.log_path) as f:
@@ -46,6 +47,7 @@ class RunningAgent:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
 
 
 @pytest.fixture
@@ -118,12 +120,101 @@ def test_a_caller_in_another_network_namespace_is_not_served(bin_dir, agent, net
     assert delete(bin_dir, net, pod, prefix=("ip", "netns", "exec", host)) == (0, None)
 
 
-def test_a_caller_in_another_mount_namespace_is_refused_and_works_alone(bin_dir, agent, net, netns):
+def test_a_caller_in_another_mount_namespace_that_sees_our_files_is_served(bin_dir, agent, net, netns):
     rc, res = add(bin_dir, net, netns, prefix=("unshare", "--mount"))
+    assert rc == 0, res
+    assert agent.served() == 1
+    assert delete(bin_dir, net, netns) == (0, None)
+    assert agent.served() == 2 and data_files(net) == [] and host_veths(net["bridge"]) == []
+
+
+def test_a_caller_that_sees_other_files_is_refused_and_works_alone(bin_dir, agent, net, netns, state_dirs):
+    """Its run dir is another filesystem than the agent's: the agent would
+    write where the caller cannot see, so the caller does the work."""
+    state_dirs["run"].mkdir(parents=True, exist_ok=True)
+    other_run_dir = ("unshare", "--mount", "sh", "-c", 'mount -t tmpfs pycni-test "$PYCNI_RUN_DIR" && exec "$0"')
+    rc, res = add(bin_dir, net, netns, prefix=other_run_dir)
     assert rc == 0, res
     assert agent.served() == 0 and "refused a caller" in agent.log()
     assert delete(bin_dir, net, netns) == (0, None)
     assert agent.served() == 1
+
+
+def test_plugins_under_ip_netns_exec_reach_an_agent_started_the_same_way(bin_dir, net, make_netns, tmp_path):
+    """Every `ip netns exec` makes a mount namespace of its own (with /sys
+    remounted): the agent serves it, since /run and /var are the same."""
+    host, pod = make_netns(), make_netns()
+    in_host = ("ip", "netns", "exec", host)
+    agent = RunningAgent(unique("pycni-test-agent-"), tmp_path / "agent.log", prefix=in_host)
+    try:
+        env = {"PYCNI_AGENT_SOCKET": agent.name}
+        rc, res = add(bin_dir, net, pod, prefix=in_host, extra_env=env)
+        assert rc == 0, res
+        assert agent.served() == 1
+        assert ping(pod, res["ips"][0]["gateway"])
+        assert delete(bin_dir, net, pod, prefix=in_host, extra_env=env) == (0, None)
+        assert agent.served() == 2
+    finally:
+        agent.stop()
+
+
+@contextlib.contextmanager
+def ipam_lock_held(conf):
+    """Hold host-local's lock as a concurrent ADD would: an ADD now waits."""
+    d = os.path.join(conf["ipam"]["dataDir"], conf["name"])
+    os.makedirs(d, exist_ok=True)
+    fd = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def start_add(bin_dir, conf, ns, cid="c1"):
+    env = plugin_env(bin_dir, "ADD", netns=f"/run/netns/{ns}", container_id=cid)
+    proc = subprocess.Popen([os.path.join(bin_dir, "bridge")], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(stdin_of(conf))
+    proc.stdin.close()
+    return proc
+
+
+def nothing_left(conf, state_dirs):
+    records = list(state_dirs["state"].rglob("*")) if state_dirs["state"].exists() else []
+    return (data_files(conf) == [] and host_veths(conf["bridge"]) == [] and not in_ruleset(conf)
+            and not [r for r in records if r.is_file()])
+
+
+def test_an_add_whose_caller_was_killed_is_undone_and_del_waits_for_it(bin_dir, agent, net, netns, state_dirs):
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with ipam_lock_held(net):
+            proc = start_add(bin_dir, net, netns)
+            time.sleep(0.3)
+            proc.kill()
+            proc.wait()
+            deleting = pool.submit(delete, bin_dir, net, netns)
+            time.sleep(0.3)
+            assert not deleting.done()  # waiting for the ADD in flight
+        assert deleting.result(timeout=30) == (0, None)
+    time.sleep(1)
+    assert "undid bridge ADD c1" in agent.log()
+    assert nothing_left(net, state_dirs)
+
+
+def test_an_agent_killed_mid_request_gives_the_caller_error_json(bin_dir, agent, net, netns, state_dirs):
+    with ipam_lock_held(net):
+        proc = start_add(bin_dir, net, netns)
+        time.sleep(0.3)
+        agent.proc.kill()
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait(30)
+    assert proc.returncode == 1 and b"Traceback" not in err, err
+    error = json.loads(out)
+    assert error["code"] == 11 and error["cniVersion"] == net["cniVersion"], error
+    assert delete(bin_dir, net, netns) == (0, None)
+    assert nothing_left(net, state_dirs)
+    assert not [f for f in state_dirs["state"].rglob("*tmp*")]
 
 
 def test_plugins_work_alone_once_the_agent_is_gone(bin_dir, agent, net, netns):

@@ -20,8 +20,7 @@ element or record of ours.
 
 containerd 1.6 sends capabilities in go-cni's untagged Go structs
 (`{"HostPort": ...}`, `{"IngressRate": ...}`); test_what_containerd_sends
-pins that, test_runtime_forms.py has every runtime's forms, and the two
-tests our plugins fail on that account are strict xfails naming the gap.
+pins that, and test_runtime_forms.py has every runtime's forms.
 """
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ from conftest import run, unique
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cri"))
 from cri_client import CRIClient, Port, compile_cri  # noqa: E402
 from containerd_env import SANDBOX_IMAGE, Containerd, make_sandbox_image  # noqa: E402
-from k8s_node import (GAP_BANDWIDTH, GAP_PORTMAP_KEYS, SOMAXCONN, eth0_ipv4,  # noqa: E402
+from k8s_node import (SOMAXCONN, eth0_ipv4,  # noqa: E402
                       free_port, host_veth_of, in_netns, k8s_conflist, leftovers, node_links, node_nft,
                       pod_subnets, shaping, tcp_answer, wait_for)
 from k8s_node import installed  # noqa: E402,F401  (a fixture: pytest finds it by name)
@@ -284,7 +283,6 @@ def test_pods_reach_each_other(node, pods):
         assert proc.returncode == 0, f"{ip[src]} -> {ip[dst]}: {proc.stdout}{proc.stderr}"
 
 
-@pytest.mark.xfail(strict=True, reason=GAP_PORTMAP_KEYS)
 def test_host_port_reachable_from_the_node(node, pods):
     host_port = free_port()
     config = pods.config(ports=[Port(host_port, 8080)])
@@ -301,7 +299,6 @@ def test_host_port_reachable_from_the_node(node, pods):
     assert f"{host_port}" not in node_nft(node.netns)
 
 
-@pytest.mark.xfail(strict=True, reason=GAP_BANDWIDTH)
 def test_bandwidth_annotations_shape_the_pod(node, pods):
     pod_id = pods.run(pods.config(annotations={"kubernetes.io/ingress-bandwidth": "10M",
                                                "kubernetes.io/egress-bandwidth": "20M"}))
@@ -314,12 +311,8 @@ def test_what_containerd_sends(node, pods):
     containerd 1.6 really hands the plugins: go-cni's untagged structs."""
     host_port = free_port()
     published = pods.config(ports=[Port(host_port, 8080), Port(0, 9090)])
-    try:
-        pods.run(published)
-    except grpc.RpcError:
-        pass   # our portmap refuses this form (GAP_PORTMAP_KEYS); what was sent is recorded all the same
-    portmap = recorded(node.log_dir, "ADD", pod_name=published.metadata.name)[-1]
-    assert portmap["plugin"] == "portmap"
+    pods.run(published)
+    portmap = {c["plugin"]: c for c in recorded(node.log_dir, "ADD", pod_name=published.metadata.name)}["portmap"]
     # hostPort 0 is dropped; HostIP is there even when empty
     assert portmap["config"]["runtimeConfig"] == {"portMappings": [
         {"HostPort": host_port, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""}]}

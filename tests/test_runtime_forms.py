@@ -30,8 +30,8 @@ also recorded live by test_containerd.py::test_what_containerd_sends:
 The reference Go plugins decode runtimeConfig with encoding/json, which
 matches keys case-insensitively, so they take containerd's capitalized
 forms; with Debian's reference portmap and bandwidth (1.1.1) put in place of
-ours, every portMappings and bandwidth case below passes, the xfailed ones
-included (checked by hand on this machine).
+ours, every portMappings and bandwidth case below passes (checked by hand on
+this machine), and ours match keys the same way (core.config.fold_keys).
 """
 from __future__ import annotations
 
@@ -48,8 +48,7 @@ import pytest
 from conftest import unique
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cri"))
-from k8s_node import (GAP_BANDWIDTH, GAP_BANDWIDTH_BURST, GAP_BANDWIDTH_LIMIT, GAP_PORTMAP_KEYS,  # noqa: E402
-                      PYCNI, eth0_ipv4, eth0_mac, free_port, host_veth_of, k8s_conflist, leftovers, listen_in,
+from k8s_node import (PYCNI, eth0_ipv4, eth0_mac, free_port, host_veth_of, k8s_conflist, leftovers, listen_in,
                       pod_subnets, shaping, tcp_answer, wait_for)
 from k8s_node import installed  # noqa: E402,F401  (a fixture: pytest finds it by name)
 
@@ -60,49 +59,49 @@ MAC = "0a:58:0a:f4:00:2a"
 RATE = {"ingress": 10_000_000, "egress": 20_000_000}   # bits/s
 PASS_THROUGH = {"dns": True, "cgroupPath": True, "io.kubernetes.cri.pod-annotations": True}
 
-# (id, CAP_ARGS, CNI_ARGS, what the user then sees, xfail reason).  In the
+# (id, CAP_ARGS, CNI_ARGS, what the user then sees).  In the
 # JSON, "{port}" is a free host port, "{subnet}"/"{other}" this run's pod
 # subnet and a second one, "{subnet.7}" an address in it.
 FORMS = [
     ("portMappings-containerd", {"portMappings": [{"HostPort": "{port}", "ContainerPort": 8080, "Protocol": "tcp",
-                                                   "HostIP": ""}]}, K8S_ARGS, "published", GAP_PORTMAP_KEYS),
+                                                   "HostIP": ""}]}, K8S_ARGS, "published"),
     ("portMappings-ocicni", {"portMappings": [{"hostPort": "{port}", "containerPort": 8080, "protocol": "tcp",
-                                               "hostIP": ""}]}, K8S_ARGS, "published", None),
+                                               "hostIP": ""}]}, K8S_ARGS, "published"),
     ("portMappings-podman", {"portMappings": [{"hostPort": "{port}", "containerPort": 8080, "protocol": "tcp"}]},
-     PODMAN_ARGS, "published", None),
+     PODMAN_ARGS, "published"),
     ("portMappings-podman-hostIP", {"portMappings": [{"hostPort": "{port}", "containerPort": 8080,
                                                       "protocol": "tcp", "hostIP": "127.0.0.1"}]},
-     PODMAN_ARGS, "published", None),
+     PODMAN_ARGS, "published"),
     ("bandwidth-containerd", {"bandwidth": {"IngressRate": RATE["ingress"], "IngressBurst": 4294967295,
                                             "EgressRate": RATE["egress"], "EgressBurst": 4294967295}},
-     K8S_ARGS, "shaped", GAP_BANDWIDTH),
+     K8S_ARGS, "shaped"),
     ("bandwidth-crio", {"bandwidth": {"ingressRate": RATE["ingress"], "ingressBurst": 34359738359,
                                       "egressRate": RATE["egress"], "egressBurst": 34359738359}},
-     K8S_ARGS, "shaped", GAP_BANDWIDTH_BURST),
+     K8S_ARGS, "shaped"),
     ("bandwidth-crio-1G", {"bandwidth": {"ingressRate": 1_000_000_000, "ingressBurst": 34359738359,
-                                         "egressRate": 0, "egressBurst": 0}}, K8S_ARGS, "shaped", GAP_BANDWIDTH_LIMIT),
+                                         "egressRate": 0, "egressBurst": 0}}, K8S_ARGS, "shaped"),
     ("bandwidth-libcni", {"bandwidth": {"ingressRate": RATE["ingress"], "ingressBurst": 1_000_000,
                                         "egressRate": RATE["egress"], "egressBurst": 1_000_000}},
-     "", "shaped", None),
-    ("ipRanges-subnet", {"ipRanges": [[{"subnet": "{other}"}]]}, K8S_ARGS, "in other", None),
+     "", "shaped"),
+    ("ipRanges-subnet", {"ipRanges": [[{"subnet": "{other}"}]]}, K8S_ARGS, "in other"),
     ("ipRanges-range", {"ipRanges": [[{"subnet": "{other}", "rangeStart": "{other.50}", "rangeEnd": "{other.60}",
-                                       "gateway": "{other.1}"}]]}, K8S_ARGS, "in other .50-.60", None),
-    ("mac-libcni", {"mac": MAC}, "", "mac", None),
-    ("mac-cni-args", {}, f"{PODMAN_ARGS};MAC={MAC}", "mac", None),
-    ("ips-libcni", {"ips": ["{subnet.7}/24"]}, "", "address .7", None),
-    ("ips-podman", {"ips": ["{subnet.7}"]}, PODMAN_ARGS, "address .7", None),
-    ("ips-cni-args", {}, f"{PODMAN_ARGS};IP={{subnet.7}}", "address .7", None),
+                                       "gateway": "{other.1}"}]]}, K8S_ARGS, "in other .50-.60"),
+    ("mac-libcni", {"mac": MAC}, "", "mac"),
+    ("mac-cni-args", {}, f"{PODMAN_ARGS};MAC={MAC}", "mac"),
+    ("ips-libcni", {"ips": ["{subnet.7}/24"]}, "", "address .7"),
+    ("ips-podman", {"ips": ["{subnet.7}"]}, PODMAN_ARGS, "address .7"),
+    ("ips-cni-args", {}, f"{PODMAN_ARGS};IP={{subnet.7}}", "address .7"),
     ("dns-containerd", {"dns": {"Servers": ["10.96.0.10"], "Searches": ["default.svc.cluster.local"],
-                                "Options": ["ndots:5"]}}, K8S_ARGS, "attached", None),
+                                "Options": ["ndots:5"]}}, K8S_ARGS, "attached"),
     ("dns-libcni", {"dns": {"servers": ["10.96.0.10"], "searches": ["svc.cluster.local"], "options": ["ndots:5"]}},
-     "", "attached", None),
+     "", "attached"),
     ("cgroupPath-crio-cgroupfs", {"cgroupPath": "/kubepods/besteffort/pod5f0c6a4e-1b2c-4d3e-8f90-a1b2c3d4e5f6"},
-     K8S_ARGS, "attached", None),
+     K8S_ARGS, "attached"),
     ("cgroupPath-crio-systemd", {"cgroupPath": "kubepods-besteffort-pod5f0c6a4e_1b2c_4d3e_8f90_a1b2c3d4e5f6.slice"},
-     K8S_ARGS, "attached", None),
+     K8S_ARGS, "attached"),
     ("pod-annotations", {"io.kubernetes.cri.pod-annotations": {"kubernetes.io/ingress-bandwidth": "10M",
                                                                "kubernetes.io/config.source": "api"}},
-     K8S_ARGS, "attached", None),
+     K8S_ARGS, "attached"),
 ]
 
 
@@ -155,10 +154,9 @@ class Attachment:
         assert proc.returncode == 0, f"pycni del: {proc.stderr}{proc.stdout}"
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c[0], marks=[pytest.mark.xfail(strict=True, reason=c[4])]
-                                               if c[4] else []) for c in FORMS])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0]) for c in FORMS])
 def test_runtime_forms_are_accepted(case, installed, make_netns, tmp_path):
-    _, cap_args, cni_args, expect, _ = case
+    _, cap_args, cni_args, expect = case
     subnet, other = pod_subnets(2)
     fields = {"port": free_port(), "subnet": subnet, "other": other,
               **{f"{name}.{n}": net.network_address + n for name, net in (("subnet", subnet), ("other", other))

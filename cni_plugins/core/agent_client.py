@@ -5,13 +5,20 @@ the interpreter has loaded at start-up or that are built in: `_socket` and
 `posix` rather than `socket` and `os` (importing `socket` alone costs more
 than a Go plugin's whole start-up).  The agent listens on an abstract unix
 socket: those are scoped to a network namespace, so a plugin run inside a
-lab host's netns never reaches another host's agent; the agent also refuses
-callers from another mount namespace.
+lab host's netns never reaches another host's agent.
 
-The agent acknowledges a request with one byte as soon as it takes it on.
-No listener, a refusal, or no acknowledgement in time: the caller does the
-work itself, with identical results.  After the acknowledgement the caller
-waits for the answer, since the work may already have begun.
+The exchange decides once who does the work:
+
+1. the caller sends the request (environment and stdin);
+2. the agent answers ACK when it will serve it (it stays silent or closes
+   when it will not: another caller's view of the files, an unknown type);
+3. the caller confirms with GO and from then on waits for the answer.
+
+No ACK within ACK_TIMEOUT, or a closed connection before it: the caller
+does the work itself and never sends GO, so the agent, which starts only
+on GO, drops the request.  After GO, a lost agent is a CNI error (code 11,
+try again later: the work may be partly done, and the runtime's DEL undoes
+it), never silence.
 """
 import _socket
 import posix
@@ -19,8 +26,10 @@ import sys
 
 DEFAULT_NAME = "pycni-agent"  # abstract: "\0pycni-agent"
 ACK = b"A"
+GO = b"G"
 ACK_TIMEOUT = 1.0
 ANSWER_TIMEOUT = 600.0
+TRY_AGAIN_LATER = 11
 
 
 def address(name: str | None = None) -> str:
@@ -80,11 +89,15 @@ def delegate(plugin: str) -> None:
         send_frame(sock, encode_request(plugin, env, stdin))
         if sock.recv(1) != ACK:
             raise ConnectionError("agent refused the request")
+        sock.sendall(GO)
     except OSError:
         sock.close()
         _run_locally(plugin, stdin)  # exits
-    sock.settimeout(ANSWER_TIMEOUT)
-    answer = recv_frame(sock)
+    try:
+        sock.settimeout(ANSWER_TIMEOUT)
+        answer = recv_frame(sock)
+    except OSError as e:
+        _agent_lost(stdin, e)  # exits
     sys.stdout.buffer.write(answer[1:])
     sys.stdout.flush()
     posix._exit(answer[0])
@@ -95,3 +108,22 @@ def _run_locally(plugin: str, stdin: bytes) -> None:
     from .skel import main
 
     main(load(plugin), stdin)
+
+
+def _agent_lost(stdin: bytes, e: Exception) -> None:
+    """The agent took the request and went away before answering."""
+    import json
+
+    from .errors import CNIError
+    from .skel import render
+    from .version import SUPPORTED
+
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError, RecursionError):
+        version = None
+    error = CNIError(TRY_AGAIN_LATER, "the node agent went away while serving this request; "
+                     "it may be partly done (DEL undoes it)", f"{type(e).__name__}: {e}")
+    sys.stdout.buffer.write(render(error.to_json(version if version in SUPPORTED else "1.1.0")))
+    sys.stdout.flush()
+    posix._exit(1)

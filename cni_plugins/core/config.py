@@ -30,3 +30,18 @@ def unicast_mac(plugin: str, mac: str) -> str:
     if len(octets) != 6 or octets[0] & 1:
         raise bad_config(plugin, f"invalid unicast MAC {mac!r}")
     return ":".join(f"{b:02x}" for b in octets)
+
+
+def fold_keys(obj: dict, names: tuple[str, ...]) -> dict:
+    """``obj`` with keys that match one of ``names`` case-insensitively
+    also present under that name (an exact match wins).  Go plugins read
+    JSON with encoding/json, which matches field names that way, and
+    runtimes rely on it: containerd sends port mappings as go-cni's untagged
+    struct, {"HostPort": ..., "ContainerPort": ...}."""
+    out = dict(obj)
+    wanted = {n.lower(): n for n in names}
+    for key, value in obj.items():
+        name = wanted.get(key.lower()) if isinstance(key, str) else None
+        if name is not None and name not in obj:
+            out[name] = value
+    return out

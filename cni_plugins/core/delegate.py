@@ -58,5 +58,5 @@ def run(req: Request, command: str) -> dict | None:
     if command == "ADD":
         if not isinstance(out.output, dict):
             raise CNIError(IO_FAILURE, f"IPAM plugin {plugin_type} returned no result")
-        return version.result_to_internal(out.output)
+        return version.result_to_internal(out.output, f"IPAM plugin {plugin_type}'s result")
     return None

@@ -17,8 +17,15 @@ def container_id_problem(container_id: str) -> str | None:
 
 
 def ifname_problem(name: str) -> str | None:
-    """The kernel's rules for an interface name (dev_valid_name)."""
-    if not name or len(name) > IFNAME_MAX or name in (".", "..") or any(c in name for c in "/: \t\n"):
+    """The kernel's rules for an interface name (dev_valid_name): at most
+    15 bytes, not "." or "..", no '/', ':' or white space; and valid UTF-8
+    (a name from the environment that was not decodes with surrogates)."""
+    try:
+        raw = name.encode()
+    except UnicodeEncodeError:
+        return f"invalid interface name {name!r}: not valid UTF-8"
+    if not raw or len(raw) > IFNAME_MAX or name in (".", "..") or any(c in name for c in "/:") \
+            or any(c.isspace() for c in name):
         return f"invalid interface name {name!r}"
     return None
 

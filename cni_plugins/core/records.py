@@ -13,16 +13,25 @@ import os
 
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` all at once: readers see the old file
-    or the new one, never a torn one, and no temporary file is left behind
-    even when the write fails half-way."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.{id(data):x}"
+    or the new one, never a torn one.  The data is written into an unnamed
+    file (O_TMPFILE) that gets a name only once it is complete, so a writer
+    killed half-way leaves nothing behind."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp{os.getpid()}.{os.urandom(4).hex()}")  # short: path may be 255 long
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode)
+        unnamed = True
+    except OSError:  # a filesystem without O_TMPFILE: a named temporary
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        unnamed = False
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            if unnamed:
+                _name_unnamed(f.fileno(), tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -30,6 +39,43 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
+
+
+def _name_unnamed(fd: int, path: str) -> None:
+    """linkat(..., AT_SYMLINK_FOLLOW) of /proc/self/fd/N: Python passes
+    that flag only when a dir fd is given, plain link() would try to link
+    the /proc symlink itself."""
+    root = os.open("/", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=root, follow_symlinks=True)
+    finally:
+        os.close(root)
+
+
+def record_name(container_id: str, ifname: str) -> str:
+    """The file name of an attachment's record: unambiguous for every legal
+    pair, since ':' can be in neither (core.names), and hashed when the id
+    is too long for a file name (the spec sets no limit on its length)."""
+    name = f"{container_id}:{ifname}.json"
+    if len(name.encode()) <= 255:
+        return name
+    import hashlib  # OpenSSL's start-up cost, paid only for such ids
+
+    return hashlib.sha256(f"{container_id}:{ifname}".encode()).hexdigest() + ".json"
+
+
+def find_record(directory: str, container_id: str, ifname: str) -> str | None:
+    """The path of an attachment's record, or None.  Records written before
+    names were unambiguous are "<id>-<ifname>.json": such a file counts
+    only if it names this very attachment."""
+    path = os.path.join(directory, record_name(container_id, ifname))
+    if os.path.exists(path):
+        return path
+    legacy = os.path.join(directory, f"{container_id}-{ifname}.json")
+    record = read_json(legacy) if len(os.path.basename(legacy).encode()) <= 255 else None
+    if isinstance(record, dict) and (record.get("containerID"), record.get("ifname")) == (container_id, ifname):
+        return legacy
+    return None
 
 
 def read_json(path: str):
@@ -48,21 +94,24 @@ class RecordStore:
     def __init__(self, state_dir: str, kind: str, network: str):
         self.dir = os.path.join(state_dir, kind, network)
 
-    def _path(self, container_id: str, ifname: str) -> str:
-        return os.path.join(self.dir, f"{container_id}-{ifname}.json")
-
     def load(self, container_id: str, ifname: str) -> dict | None:
         """The record, or None (a torn record is as good as none: DEL falls back)."""
-        return read_json(self._path(container_id, ifname))
+        path = find_record(self.dir, container_id, ifname)
+        return read_json(path) if path else None
 
     def save(self, container_id: str, ifname: str, record: dict) -> None:
-        write_atomic(self._path(container_id, ifname), json.dumps(record).encode())
+        write_atomic(os.path.join(self.dir, record_name(container_id, ifname)), json.dumps(record).encode())
 
     def remove(self, container_id: str, ifname: str) -> None:
-        try:
-            os.unlink(self._path(container_id, ifname))
-        except FileNotFoundError:
-            pass
+        """Forget the attachment's record (in either name format)."""
+        while True:
+            path = find_record(self.dir, container_id, ifname)
+            if path is None:
+                return
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def collect(self, config: dict, undo=None) -> list[dict]:
         """GC: undo (when given) and forget every recorded attachment that the

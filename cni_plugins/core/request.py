@@ -51,7 +51,13 @@ class Request:
 
     @property
     def runtime_config(self) -> dict:
-        return self.config.get("runtimeConfig") or {}
+        """The capability arguments the runtime passed (an object, or {})."""
+        return _object_or_empty(self.config, "runtimeConfig")
+
+    @property
+    def args_cni(self) -> dict:
+        """The config's ``args.cni`` (an object, or {})."""
+        return _object_or_empty(_object_or_empty(self.config, "args"), "cni", "args.")
 
     def require_prev_result(self, plugin: str) -> dict:
         """The prevResult a chained plugin cannot work without."""
@@ -69,6 +75,15 @@ class Request:
         return version.result_to_internal(prev)
 
 
+def _object_or_empty(obj: dict, key: str, where: str = "") -> dict:
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CNIError(INVALID_CONFIG, f"{where}{key} must be an object, got {type(value).__name__}")
+    return value
+
+
 def parse_cni_args(raw: str) -> dict[str, str]:
     try:
         return dict(names.parse_cni_args(raw))
@@ -76,9 +91,17 @@ def parse_cni_args(raw: str) -> dict[str, str]:
         raise CNIError(INVALID_ENV, str(e)) from None
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
 def parse_config(raw: bytes) -> dict:
+    """Strict JSON: no NaN or Infinity (whatever we print must be JSON
+    again), and nesting too deep to decode is a decode failure too."""
     try:
-        config = json.loads(raw or b"null")
+        config = json.loads(raw or b"null", parse_constant=_not_json)
+    except RecursionError:
+        raise CNIError(DECODE_FAILURE, "cannot decode network config: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise CNIError(DECODE_FAILURE, f"cannot decode network config: {e}") from None
     if not isinstance(config, dict):
@@ -111,6 +134,9 @@ def from_environment(environ=os.environ, stdin: bytes = b"") -> Request:
     for key in ("name", "type"):
         if not isinstance(config.get(key), str) or not config[key]:
             raise CNIError(INVALID_CONFIG, f"network config lacks {key!r}")
+    problem = names.network_name_problem(config["name"])
+    if problem:  # it names directories of ours: refused as libcni refuses it
+        raise CNIError(INVALID_CONFIG, problem)
     missing = [v for v in _REQUIRED[command] if not environ.get(v)]
     if missing:
         raise CNIError(INVALID_ENV, f"required environment variables missing: {', '.join(missing)}")
@@ -132,6 +158,7 @@ def from_environment(environ=os.environ, stdin: bytes = b"") -> Request:
     if command in ("ADD", "CHECK", "DEL"):
         if names.container_id_problem(req.container_id):
             raise CNIError(INVALID_ENV, f"invalid CNI_CONTAINERID {req.container_id!r}")
-        if names.ifname_problem(req.ifname):
-            raise CNIError(INVALID_ENV, f"invalid CNI_IFNAME {req.ifname!r}")
+        problem = names.ifname_problem(req.ifname)
+        if problem:
+            raise CNIError(INVALID_ENV, f"CNI_IFNAME: {problem}")
     return req

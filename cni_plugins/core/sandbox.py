@@ -18,7 +18,7 @@ def open_fd(path: str, code: int = INVALID_ENV) -> int:
     try:
         return netns.open_netns(path)
     except NetnsError as e:
-        raise CNIError(INVALID_ENV if isinstance(e, HostNetnsError) else code, e.strerror) from None
+        raise CNIError(INVALID_ENV if isinstance(e, HostNetnsError) else code, f"CNI_NETNS: {e.strerror}") from None
 
 
 class Sandbox:

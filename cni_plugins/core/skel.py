@@ -27,8 +27,9 @@ def handle(plugin, environ, stdin: bytes) -> tuple[int, dict | None]:
         if req.command == "VERSION":
             return 0, {"cniVersion": cni_version, "supportedVersions": list(version.SUPPORTED)}
         if req.command == "ADD":
-            result = plugin.add(req)
-            return 0, version.result_for_version(result, cni_version)
+            result = version.result_for_version(plugin.add(req), cni_version)
+            json.dumps(result, allow_nan=False)  # what we print must be JSON: a bug if not
+            return 0, result
         if req.command == "DEL":
             plugin.delete(req)
             return 0, None
@@ -59,7 +60,7 @@ def read_stdin() -> bytes:
 
 
 def render(output: dict | None) -> bytes:
-    return b"" if output is None else json.dumps(output).encode() + b"\n"
+    return b"" if output is None else json.dumps(output, allow_nan=False).encode() + b"\n"
 
 
 def main(plugin, stdin: bytes | None = None) -> None:

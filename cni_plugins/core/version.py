@@ -4,7 +4,9 @@ Internally every result has the 1.x shape: ``interfaces``, ``ips`` (each with
 an optional ``interface`` index), ``routes`` and ``dns``.  0.3.0 to 0.4.0
 differ only in that every IP config carries ``"version": "4"|"6"``.
 """
-from .errors import CNIError, INCOMPATIBLE_VERSION, DECODE_FAILURE
+import ipaddress
+
+from .errors import CNIError, INCOMPATIBLE_VERSION, DECODE_FAILURE, INVALID_CONFIG
 
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
@@ -33,10 +35,75 @@ def _is_v6(address: str) -> bool:
     return ":" in address
 
 
-def result_to_internal(result: dict) -> dict:
-    """Normalise a (prev)Result of any supported version to the 1.x shape."""
+def _parses(parse, value) -> bool:
+    try:
+        parse(value)
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
+def _objects(result: dict, key: str):
+    items = result.get(key)
+    if items is None:
+        return
+    if not isinstance(items, list):
+        raise ValueError(f"{key} must be a list")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"{key}[{i}] must be an object")
+        yield f"{key}[{i}]", item
+
+
+def _shape_problem(result: dict) -> str | None:
+    """What makes a result unusable to a plugin (fields of the wrong type
+    or unparsable addresses), or None."""
+    try:
+        for where, iface in _objects(result, "interfaces"):
+            if not isinstance(iface.get("name", ""), str) or not isinstance(iface.get("sandbox", ""), str):
+                raise ValueError(f"{where}: name and sandbox must be strings")
+        for where, ip in _objects(result, "ips"):
+            if not isinstance(ip.get("address"), str) or "/" not in ip["address"] \
+                    or not _parses(ipaddress.ip_interface, ip["address"]):
+                raise ValueError(f"{where}.address must be an address/prefix, got {ip.get('address')!r}")
+            if ip.get("gateway") is not None and not _parses(ipaddress.ip_address, ip["gateway"]):
+                raise ValueError(f"{where}.gateway must be an IP address, got {ip['gateway']!r}")
+            if "interface" in ip and (isinstance(ip["interface"], bool) or not isinstance(ip["interface"], int)):
+                raise ValueError(f"{where}.interface must be an integer")
+        for where, route in _objects(result, "routes"):
+            if not isinstance(route.get("dst"), str) or not _parses(lambda d: ipaddress.ip_network(d, strict=False),
+                                                                    route["dst"]):
+                raise ValueError(f"{where}.dst must be a network, got {route.get('dst')!r}")
+            if route.get("gw") not in (None, "") and not _parses(ipaddress.ip_address, route["gw"]):
+                raise ValueError(f"{where}.gw must be an IP address, got {route['gw']!r}")
+        dns = result.get("dns")
+        if dns is not None:
+            if not isinstance(dns, dict):
+                raise ValueError("dns must be an object")
+            dns_problem(dns)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def dns_problem(dns: dict) -> None:
+    """ValueError when a CNI ``dns`` object has a field of the wrong type."""
+    for key in ("nameservers", "search", "options"):
+        value = dns.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            raise ValueError(f"dns.{key} must be a list of strings")
+    if dns.get("domain") is not None and not isinstance(dns["domain"], str):
+        raise ValueError("dns.domain must be a string")
+
+
+def result_to_internal(result: dict, where: str = "prevResult") -> dict:
+    """Normalise a (prev)Result of any supported version to the 1.x shape;
+    a result of the wrong shape is code 7 naming the field."""
     if not isinstance(result, dict):
-        raise CNIError(DECODE_FAILURE, "result is not a JSON object")
+        raise CNIError(DECODE_FAILURE, f"{where} is not a JSON object")
+    problem = _shape_problem(result)
+    if problem:
+        raise CNIError(INVALID_CONFIG, f"{where}: {problem}")
     version = result.get("cniVersion", "1.0.0")
     if version not in SUPPORTED:
         raise CNIError(INCOMPATIBLE_VERSION, f"cannot convert a result of version {version!r}")

@@ -9,13 +9,14 @@ the resolver)::
                                 and answers "ok", "exit" (it just left: no names
                                 left) or "error: ..."; "ping" -> "ok"
     <network>/network.json      {"domain", "gateways", "upstreams", "netns"}
-    <network>/<cid>-<ifname>.json  {"containerID", "ifname", "name", "aliases", "ips"}
+    <network>/<cid>:<ifname>.json  {"containerID", "ifname", "name", "aliases", "ips"}
+                                (core.records.record_name)
 """
 import fcntl
 import glob
 import os
 
-from ..core.records import read_json
+from ..core.records import find_record, read_json, record_name
 
 DEFAULT_DOMAIN = "dns.podman"
 
@@ -33,7 +34,12 @@ def meta_path(base: str, network: str) -> str:
 
 
 def record_path(base: str, network: str, cid: str, ifname: str) -> str:
-    return os.path.join(base, network, f"{cid}-{ifname}.json")
+    """Where ADD writes a container's record (DEL finds it with find_record)."""
+    return os.path.join(base, network, record_name(cid, ifname))
+
+
+def find_container_record(base: str, network: str, cid: str, ifname: str) -> str | None:
+    return find_record(network_dir(base, network), cid, ifname)
 
 
 def resolver_files(base: str, ino: int) -> dict[str, str]:

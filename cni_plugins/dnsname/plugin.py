@@ -143,15 +143,17 @@ def _drop_network_if_empty(netdir: str) -> None:
             pass
 
 
-def _forget(base: str, network: str, record_paths: list[str], netns: int) -> None:
-    """Remove records, the network's dir if it is left empty, and tell the
-    resolver (which exits when nothing is left).  DEL must not fail for the
-    resolver: the names are gone from our records either way."""
-    for path in record_paths:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+def _forget(base: str, network: str, attachments: list[tuple[str, str]], netns: int) -> None:
+    """Remove the records of these (container id, ifname) attachments (in
+    either name format), the network's dir if it is left empty, and tell
+    the resolver (which exits when nothing is left).  DEL must not fail for
+    the resolver: the names are gone from our records either way."""
+    for cid, ifname in attachments:
+        while (path := layout.find_container_record(base, network, cid, ifname)) is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
     _drop_network_if_empty(layout.network_dir(base, network))
     try:
         notify(base, netns, start=False)
@@ -171,7 +173,7 @@ def apply(plan: Plan, base: str, network: str) -> None:
     try:
         notify(base, meta["netns"], start=True)
     except BaseException:
-        _forget(base, network, [path], meta["netns"])
+        _forget(base, network, [(plan.record["containerID"], plan.record["ifname"])], meta["netns"])
         raise
 
 
@@ -194,12 +196,10 @@ def add(req: Request) -> dict:
 
 def delete(req: Request) -> None:
     base = layout.base_dir(req.run_dir)
-    path = layout.record_path(base, req.network, req.container_id, req.ifname)
-    if not os.path.exists(path):
+    if layout.find_container_record(base, req.network, req.container_id, req.ifname) is None:
         return
     with Lock(base):
-        if os.path.exists(path):
-            _forget(base, req.network, [path], _netns_of(base, req.network))
+        _forget(base, req.network, [(req.container_id, req.ifname)], _netns_of(base, req.network))
 
 
 def check(req: Request) -> None:
@@ -207,7 +207,7 @@ def check(req: Request) -> None:
     if req.prev_result is None:
         raise bad_config(PLUGIN, "CHECK needs prevResult")
     base = layout.base_dir(req.run_dir)
-    if read_json(layout.record_path(base, req.network, req.container_id, req.ifname)) is None:
+    if layout.find_container_record(base, req.network, req.container_id, req.ifname) is None:
         differences = [f"no record of {req.container_id}/{req.ifname} on {req.network}"]
     elif control(layout.resolver_files(base, _netns_of(base, req.network))["sock"], b"ping") != "ok":
         differences = [f"the resolver of network {req.network} is not running"]
@@ -223,7 +223,6 @@ def gc(req: Request) -> None:
     if not os.path.isdir(netdir):
         return
     with Lock(base):
-        stale = [layout.record_path(base, req.network, rec.get("containerID"), rec.get("ifname"))
-                 for rec in layout.network_records(netdir)
+        stale = [(rec.get("containerID"), rec.get("ifname")) for rec in layout.network_records(netdir)
                  if (rec.get("containerID"), rec.get("ifname")) not in valid]
         _forget(base, req.network, stale, _netns_of(base, req.network))

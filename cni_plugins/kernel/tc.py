@@ -40,12 +40,19 @@ _U32_KEY = struct.Struct("=IIii")         # mask, val, off, offmask
 _MIRRED = struct.Struct("=IIiiiiI")       # tc_gen (index, capab, action, refcnt, bindcnt), eaction, ifindex
 
 
+U32_MAX = 0xFFFFFFFF
+U64_MAX = 0xFFFFFFFFFFFFFFFF
+
+
 def tbf_params(rate_bytes: int, burst_bytes: int) -> tuple[int, int]:
     """(buffer in ticks, limit in bytes) for a rate in bytes/s and a burst in
-    bytes, computed as the reference plugin does."""
+    bytes, computed as the reference plugin does, each capped at the 32 bits
+    the kernel's tbf holds (where the reference's numbers wrap around): the
+    bursts runtimes send for kubelet's bandwidth annotations (CRI-O: just
+    under 4 GiB) would otherwise not fit at all."""
     buffer = int(int(burst_bytes * 1_000_000 / rate_bytes) * TICKS_PER_USEC)  # whole usecs first, as it does
     limit = int(rate_bytes * TBF_LATENCY_USEC / 1_000_000) + burst_bytes
-    return buffer, limit
+    return min(buffer, U32_MAX), min(limit, U32_MAX)
 
 
 def _tcmsg(ifindex: int, handle: int = 0, parent: int = 0, info: int = 0) -> bytes:

@@ -25,20 +25,6 @@ from podman_env import mentions
 PYCNI = str(Path(sys.executable).with_name("pycni"))   # the venv's console script
 SOMAXCONN = "1234"                                      # tuning's sysctl, seen inside every pod
 
-# Where our plugins refuse or ignore what a real runtime sends (xfail reasons).
-GAP_PORTMAP_KEYS = ("gap: portmap reads only lower-case keys; containerd sends go-cni's untagged struct "
-                    "{HostPort, ContainerPort, Protocol, HostIP} (Go plugins match keys case-insensitively)")
-GAP_BANDWIDTH = ("gap: bandwidth reads only lower-case keys (containerd's {IngressRate, IngressBurst, ...} is "
-                 "silently ignored) and refuses the bursts runtimes send for kubelet's annotations "
-                 "(containerd 4294967295 bits, CRI-O 34359738359 bits) as 'too large for the rate'")
-GAP_BANDWIDTH_BURST = ("gap: bandwidth refuses CRI-O's burst 34359738359 bits (math.MaxUint32*8-1) as 'too "
-                       "large for the rate': the tbf buffer for it does not fit 32 bits; it should shape at "
-                       "the rate with the largest burst tbf can hold")
-GAP_BANDWIDTH_LIMIT = ("gap: bandwidth crashes (code 999, \"'I' format requires 0 <= number <= 4294967295\") on "
-                       "CRI-O's burst 34359738359 bits at 1 Gbit/s: the tbf limit (rate x latency + burst, in "
-                       "bytes) exceeds 32 bits; it should be capped at 0xFFFFFFFF")
-
-
 @pytest.fixture(scope="session")
 def installed(tmp_path_factory) -> Path:
     """Our plugins, written by `pycni install --bin-dir` as a user runs it."""

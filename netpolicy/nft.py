@@ -1,0 +1,86 @@
+"""The kernel side of our tables: read them, apply one transaction, read
+counters, and the br_netfilter switches bridged traffic needs.  Everything
+goes through libnftables (Debian's python3-nftables) in the calling
+process's network namespace.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+from .ruleset import Table, decode_table
+
+BRIDGE_SYSCTLS = ("/proc/sys/net/bridge/bridge-nf-call-iptables",
+                  "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
+
+
+class NftError(RuntimeError):
+    pass
+
+
+class Kernel:
+    """Each call gets its own libnftables context, freed (and the heap
+    trimmed) when it returns: listing or loading a large table makes
+    libnftables allocate hundreds of megabytes, which a long-running agent
+    must not keep."""
+
+    def _run(self, commands: list[dict]) -> tuple[int, dict, str]:
+        import nftables
+
+        nft = nftables.Nftables()
+        nft.set_json_output(True)
+        nft.set_handle_output(False)
+        try:
+            rc, output, error = nft.json_cmd({"nftables": commands})
+        finally:
+            del nft
+            _trim_heap()
+        return rc, output or {}, error
+
+    def read_table(self, family: str, name: str) -> Table | None:
+        rc, output, _ = self._run([{"list": {"table": {"family": family, "name": name}}}])
+        if rc != 0:  # no such table
+            return None
+        return decode_table(family, name, output.get("nftables", []))
+
+    def apply(self, commands: list[dict]) -> None:
+        """One atomic transaction: all of it or nothing."""
+        if commands:
+            rc, _, error = self._run(commands)
+            if rc != 0:
+                raise NftError((error or "nftables transaction failed").strip())
+
+    def counters(self, family: str, table: str) -> dict[str, tuple[int, int]]:
+        """name -> (packets, bytes); {} when the table is absent."""
+        rc, output, _ = self._run([{"list": {"counters": {"family": family, "table": table}}}])
+        if rc != 0:
+            return {}
+        return {c["counter"]["name"]: (c["counter"]["packets"], c["counter"]["bytes"])
+                for c in output.get("nftables", []) if "counter" in c}
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def enable_bridged_filtering() -> list[str]:
+    """Make bridged IPv4/IPv6 traffic traverse the inet hooks (br_netfilter;
+    per network namespace), which is where pods on one bridge are judged.
+    Returns the switches turned on; raises NftError if br_netfilter is
+    missing (the bridge guard would then drop every bridged frame of an
+    isolated pod)."""
+    changed = []
+    for path in BRIDGE_SYSCTLS:
+        try:
+            with open(path) as f:
+                if f.read().strip() == "1":
+                    continue
+            with open(path, "w") as f:
+                f.write("1")
+        except FileNotFoundError:
+            raise NftError(f"{path} is missing: br_netfilter is needed to judge bridged traffic") from None
+        changed.append(os.path.basename(path))
+    return changed
