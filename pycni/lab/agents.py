@@ -2,11 +2,11 @@
 overlay duty, run inside the host's namespace (`ip netns exec`), its
 settings, status, log and pid file under ``<host dir>/agent/``.
 
-The plugins the lab runs for pods reach the node state the agent writes
-(``<host dir>/run/overlay/<cluster>.json``, under the PYCNI_RUN_DIR they
-get).  Each `ip netns exec` makes its own mount namespace, and the agent
-serves only callers of its own, so these plugins work alone: correct,
-only without the agent's warm start.
+The plugins the lab runs for pods (in the host's netns, each in a mount
+namespace of its own, as `ip netns exec` does) see the same files as the
+agent, so the host's agent serves them; they read the node state it writes
+at ``<host dir>/run/overlay/<cluster>.json``, under the PYCNI_RUN_DIR they
+get.
 """
 from __future__ import annotations
 
