@@ -21,6 +21,8 @@ import time
 
 import pytest
 
+from pycni.lab.spec import ETCD, underlay_bridge, underlay_veth
+
 from conftest import run, unique
 from overlay_env import (ECHO_SERVER, PYTHON, SEND_VXLAN, UDP_SINK, PodStream, bridge_fdb, ip_show, netns_exec, ping,
                          start_python, tcp_echo_once, wait_for)
@@ -84,19 +86,14 @@ class OverlayLab:
 
 
 def leftovers(lab: OverlayLab, pids) -> list[str]:
+    """Whatever of the lab is still on the machine."""
     left = [ns for ns in os.listdir("/run/netns") if ns.startswith(f"pycni-{lab.name}-")]
-    left += [link for link in os.listdir("/sys/class/net") if link.startswith(("plb-", "plv-"))
-             and link in run("ip", "-o", "link", "show", "master", f"plb-{lab_hash(lab.name)}",
-                             check=False).stdout + f"plb-{lab_hash(lab.name)}"]
+    links = [underlay_bridge(lab.name)] + [underlay_veth(lab.name, h) for h in (*HOSTS, ETCD)]
+    left += [link for link in links if os.path.exists(f"/sys/class/net/{link}")]
     left += [f"pid {pid}" for pid in pids if running(pid)]
     if (lab.root / lab.name).exists():
         left.append("lab dir")
     return left
-
-
-def lab_hash(name):
-    from pycni.lab import _hash
-    return _hash(name)
 
 
 def running(pid) -> bool:
@@ -242,6 +239,8 @@ def test_apply_removes_a_host_and_brings_it_back_at_a_new_address(lab):
     h3 = hosts["h3"]
     pids = lab.agent_pids()
     ips = {p["name"]: p["ips"] for p in before["pods"]}
+    for name in ("h1", "h2"):  # 2 routes, 2 neighbour entries, 1 FDB entry to h3
+        assert len(peer_entries(hosts[name]["netns"], h3["lease"])) == 5
 
     # h3 and its pods leave; a pod comes to h1, p2b goes
     out = lab.apply(lab.body(hosts={"h1": f"{lab.prefix}.1", "h2": f"{lab.prefix}.2"},
@@ -311,7 +310,7 @@ def test_vxlan_from_an_unknown_underlay_address_is_dropped(lab, tmp_path):
     try:
         run("ip", "netns", "add", intruder)
         run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", intruder)
-        run("ip", "link", "set", port, "master", f"plb-{lab_hash(lab.name)}", "up")
+        run("ip", "link", "set", port, "master", underlay_bridge(lab.name), "up")
         run("ip", "-n", intruder, "addr", "add", f"{lab.prefix}.66/24", "dev", "eth0")
         run("ip", "-n", intruder, "link", "set", "eth0", "up")
         wait_for(lambda: "listening" in sink_log.read_text(), what="the UDP sink")
