@@ -32,7 +32,7 @@ PLUGIN = "bridge"
 def _masq_rules(ip: str, saddr_set: str, exempt_set: str, multicast: str):
     src, dst = payload(ip, "saddr"), payload(ip, "daddr")
     return [
-        # traffic within the container's own subnet keeps its source
+        # traffic within the exempt network (own subnet; overlay: cluster CIDR) keeps its source
         [match(concat(src, dst), f"@{exempt_set}"), RETURN],
         [match(dst, prefix(multicast)), RETURN],
         [match(src, f"@{saddr_set}"), {"masquerade": None}],
@@ -62,7 +62,8 @@ SPOOFCHK = nft.Table("bridge", "pycni_bridge", sets={
 
 
 def masq_elements(address: str, subnet: str) -> list[nft.Element]:
-    """Masquerade one container address for everything outside ``subnet``."""
+    """Masquerade one container address for everything outside ``subnet``
+    (its own subnet; the overlay's cluster CIDR)."""
     v6 = ":" in address
     return [
         (MASQUERADE, "masq6" if v6 else "masq4", address),
@@ -98,6 +99,10 @@ class BridgeConfig:
     port_isolation: bool = False
     mac: str = ""
     dns: dict = {}
+    # Networks whose traffic keeps its source under ipMasq, one per family;
+    # default: each address's own subnet.  Not a config key: the overlay
+    # plugin sets its cluster CIDRs here.
+    masq_exempt: list[str] = []
 
 
 def parse_config(req: Request) -> BridgeConfig:
@@ -190,7 +195,8 @@ def make_plan(cfg: BridgeConfig, req: Request, ipam_result: dict, host_veth: str
                 gateways.append(ipaddress.ip_interface((gw, iface.network.prefixlen)))
         ips.append(entry)
         if cfg.ip_masq:
-            elements += masq_elements(str(iface.ip), str(iface.network))
+            exempt = [n for n in cfg.masq_exempt if ipaddress.ip_network(n).version == iface.version]
+            elements += masq_elements(str(iface.ip), exempt[0] if exempt else str(iface.network))
     if cfg.macspoofchk:
         elements += spoofchk_elements(host_veth, mac)
 
@@ -463,8 +469,9 @@ def _free_veth_name(host: Netlink) -> str:
     return name
 
 
-def add(req: Request) -> dict:
-    cfg = parse_config(req)
+def add(req: Request, cfg: BridgeConfig | None = None) -> dict:
+    """``cfg``: the config as a plugin delegating to bridge adjusted it."""
+    cfg = cfg or parse_config(req)
     with Sandbox(req.netns) as sandbox, Netlink() as host:
         ipam_result = delegate.run(req, "ADD")
         try:

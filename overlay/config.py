@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from cni_plugins.core.names import IDENTIFIER
+from cni_plugins.core.request import DEFAULT_RUN_DIR
+from cni_plugins.overlay import state_path
+
 from .network import Network, NetworkConfigError
 
 
@@ -56,11 +60,13 @@ class OverlayConfig:
         defaults = {"device": f"pycni.{self.vni}",
                     "store_path": f"/var/lib/pycni/overlay/{self.cluster}",
                     "etcd_prefix": f"/pycni/overlay/{self.cluster}",
-                    "state_file": f"/run/pycni/overlay/{self.cluster}.json"}
+                    "state_file": state_path(DEFAULT_RUN_DIR, self.cluster)}
         for name, value in defaults.items():
             if not getattr(self, name):
                 object.__setattr__(self, name, value)
         object.__setattr__(self, "etcd_endpoints", tuple(self.etcd_endpoints))
+        if not IDENTIFIER.match(self.cluster):
+            raise ConfigError(f"cluster name {self.cluster!r}: letters, digits, '_', '.' and '-' only")
         if not 0 < self.vni < 1 << 24:
             raise ConfigError(f"vni {self.vni} is not in 1..16777215")
         if not 0 < self.port < 65536:

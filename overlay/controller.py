@@ -67,7 +67,6 @@ class OverlayController:
         self._stopping = threading.Event()
         self._leave = True
         self._watch = None
-        self._state: dict | None = None
 
     # --- public API -----------------------------------------------------------------
     def stop(self, leave: bool = True) -> None:
@@ -125,6 +124,7 @@ class OverlayController:
                     if self._apply_batch(event):
                         renew_at = 0.0  # our own lease vanished (expired in an outage): take it again
             now = time.monotonic()
+            failures = []
             try:
                 if self.lease is None:
                     self._acquire(dataplane)
@@ -132,16 +132,24 @@ class OverlayController:
                 elif now >= renew_at:
                     self._renew()
                     renew_at = now + self._renew_interval()
-                if dirty or now >= resync_at:
+            except (StoreError, underlay_kernel.UnderlayError) as e:
+                failures.append(e)
+                if self.lease:
+                    renew_at = now + delay  # the renewal failed: again at the retry, not at once
+            # the dataplane follows what we know even while the store is out of reach
+            if self.lease and (dirty or now >= resync_at):
+                try:
                     self._reconcile(dataplane)
                     dirty, resync_at = False, now + RESYNC_INTERVAL
-                delay, self.last_error = RETRY_DELAY[0], None
-            except (StoreError, DataplaneError, underlay_kernel.UnderlayError) as e:
-                self.last_error = str(e)
-                log.warning("%s; retrying in %.1fs", e, delay)
+                except (DataplaneError, underlay_kernel.UnderlayError) as e:
+                    failures.append(e)
+            if failures:
+                self.last_error = "; ".join(map(str, failures))
+                log.warning("%s; retrying in %.1fs", self.last_error, delay)
                 retry_at = now + delay
-                renew_at = min(renew_at, retry_at) if self.lease else renew_at
                 delay = min(delay * 2, RETRY_DELAY[1])
+            else:
+                delay, self.last_error = RETRY_DELAY[0], None
 
     def _drain(self, timeout: float) -> list:
         """Every queued event, waiting up to ``timeout`` for the first."""
@@ -230,9 +238,8 @@ class OverlayController:
             log.info("applying %s", plan.summary())
             dataplane.apply(plan, observed)
         state = statefile.render(self.config, self.lease, self.underlay, overlay_mtu(self.config, self.underlay))
-        if state != self._state:
-            statefile.write(self.config.state_file, state)
-            self._state = state
+        if statefile.sync(self.config.state_file, state):
+            log.info("node state written to %s", self.config.state_file)
         self.ready.set()
 
     def _leave_cluster(self, dataplane: Dataplane) -> None:

@@ -5,6 +5,8 @@ import logging
 
 from pyroute2 import IPRoute, NetlinkError
 
+from cni_plugins.kernel.errors import NftError
+
 from .desired import DeviceSpec, Underlay
 from .diff import Observed, Plan
 from .kernel import device, fdb, firewall, neighbour, route, underlay
@@ -70,9 +72,9 @@ class Dataplane:
             raise DataplaneError(f"applying the overlay plan: {e}") from e
         if plan.allowed is not None:
             try:
-                firewall.apply(plan.allowed, self.port, rebuild=observed.allowed is None)
-            except firewall.FirewallError as e:
-                raise DataplaneError(str(e)) from e
+                firewall.apply(plan.allowed, self.port)
+            except NftError as e:
+                raise DataplaneError(f"the VXLAN guard: {e}: {e.details}") from e
 
     def _device(self, action: str | None, spec: DeviceSpec, observed: Observed) -> int:
         if action == "recreate":
@@ -95,7 +97,7 @@ class Dataplane:
             for r in route.observe(self.ipr, self._names()):
                 route.remove(self.ipr, r, names.get(r.device))
             firewall.remove()
-        except (NetlinkError, firewall.FirewallError) as e:
+        except (NetlinkError, NftError) as e:
             raise DataplaneError(f"removing the overlay: {e}") from e
 
     def close(self) -> None:

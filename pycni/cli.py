@@ -16,7 +16,10 @@ A CNI runtime in Python.
                                    DEL cached attachments named here, then GC
   pycni status NETNAME             run STATUS on every plugin of NETNAME
   pycni install --bin-dir DIR      write the pycni plugin executables to DIR
-  pycni lab up|down|status|exec    network namespace labs from a YAML file
+  pycni lab up|apply|down|status|exec
+                                   network namespace labs from a YAML file
+  pycni agent [--overlay-config FILE ...]
+                                   the node agent: plugin requests, the overlay
 
 Like cnitool, add/check/del read these environment variables:
   NETCONFPATH   directory of *.conf/*.conflist/*.json (default /etc/cni/net.d)
@@ -136,13 +139,14 @@ def cmd_lab(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    from . import agent
+    from . import node
 
-    agent.run(args.socket, verbose=args.verbose)
-    return 0
+    return node.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import node
+
     p = argparse.ArgumentParser(prog="pycni", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -172,10 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("agent", help="run the node agent in the foreground",
                        description="Serve the installed plugins' requests with warm modules and handles. "
                                    "Plugins find it on the abstract socket @pycni-agent of their network "
-                                   "namespace and work alone when it is not there.")
+                                   "namespace and work alone when it is not there.  With overlay settings "
+                                   "it also runs this node's VXLAN overlay: a subnet lease from the "
+                                   "cluster CIDR, the VXLAN dataplane to every other node, and the node "
+                                   "state the overlay plugin reads.  SIGTERM/SIGINT: a clean leave.")
     s.add_argument("--socket", metavar="NAME", help="abstract socket name (default pycni-agent, or "
                    "$PYCNI_AGENT_SOCKET)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every request served")
+    node.add_arguments(s)
     s.set_defaults(func=cmd_agent)
     s = sub.add_parser("lab", help="build a lab of hosts and pods in network namespaces from a YAML file",
                        description="Hosts are network namespaces standing for nodes; pods are network "
@@ -186,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     u = lsub.add_parser("up", help="create the lab described by FILE")
     u.add_argument("file")
     u.add_argument("--cni-path", help="use plugins from DIR (default: install pycni's into the lab dir)")
+    a = lsub.add_parser("apply", help="bring a running lab to its changed FILE",
+                        description="Hosts and pods added or removed, hosts' underlay addresses changed, "
+                                    "agents and etcd members that died started again; the rest keeps "
+                                    "running.  Networks cannot change in a running lab.")
+    a.add_argument("file")
     d = lsub.add_parser("down", help="tear a lab down (FILE or lab name); works after a failed up")
     d.add_argument("lab", metavar="FILE|NAME")
     st = lsub.add_parser("status", help="show hosts and pods of a lab")

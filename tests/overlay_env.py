@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 from conftest import run, unique
@@ -296,6 +297,31 @@ while True:
 """
 
 
+class PodStream:
+    """An established TCP stream: STREAM_CLIENT in ``client_ns`` echoing
+    through ECHO_SERVER in ``server_ns``; `flowing()` asserts it goes on."""
+
+    def __init__(self, tmp, client_ns, server_ns, address, port):
+        self.server = start_python(server_ns, ECHO_SERVER, address, port, log=tmp / "server.log")
+        wait_for(lambda: "listening" in (tmp / "server.log").read_text(), what="echo server")
+        self.log = tmp / "stream.log"
+        self.client = start_python(client_ns, STREAM_CLIENT, address, port, log=self.log)
+
+    def echoes(self) -> int:
+        lines = self.log.read_text().split()
+        return int(lines[-1]) if lines and lines[-1].isdigit() else 0
+
+    def flowing(self):
+        mark = self.echoes()
+        wait_for(lambda: self.echoes() > mark + 5, what="the stream to go on")
+        assert self.client.poll() is None, self.log.read_text()[-500:]
+
+    def stop(self):
+        for proc in (self.client, self.server):
+            proc.kill()
+            proc.wait()
+
+
 def start_python(ns, code, *args, log):
     return subprocess.Popen(netns_exec(ns, PYTHON, "-c", code, *map(str, args)),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -307,3 +333,22 @@ def tcp_echo_once(client_ns, address, port, payload=b"hello over the overlay"):
     out = subprocess.run(netns_exec(client_ns, PYTHON, "-c", code, address, str(port), payload.decode()),
                          capture_output=True, text=True)
     return out.stdout.strip() == payload.decode()
+
+
+# --- crafted VXLAN ----------------------------------------------------------------------
+SEND_VXLAN = textwrap.dedent("""
+    import sys
+    from scapy.all import IP, UDP, Ether, VXLAN, Raw, send
+    src_ip, dst_ip, inner_src, inner_dst, dst_mac, payload, vni = sys.argv[1:8]
+    # flags 0x08 (I) alone: scapy sets more by default, which Linux counts as an RX error
+    inner = Ether(src="02:12:34:56:78:9a", dst=dst_mac) / IP(src=inner_src, dst=inner_dst) / UDP(sport=4000, dport=7001) / Raw(payload.encode())
+    send(IP(src=src_ip, dst=dst_ip) / UDP(sport=40000, dport=4789) / VXLAN(vni=int(vni), flags=0x08) / inner, verbose=False)
+""")
+
+UDP_SINK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 7001)); print('listening', flush=True)
+while True:
+    print(s.recv(2048).decode(), flush=True)
+"""

@@ -7,14 +7,13 @@ import random
 import re
 import signal
 import subprocess
-import textwrap
 import time
 
 import pytest
 
 from conftest import run
-from overlay_env import (PYTHON, ECHO_SERVER, STREAM_CLIENT, EtcdCluster, Lab, bridge_fdb, ip_show, netns_exec,
-                         ping, start_python, tcp_echo_once, wait_for)
+from overlay_env import (PYTHON, ECHO_SERVER, SEND_VXLAN, UDP_SINK, EtcdCluster, Lab, PodStream, bridge_fdb, ip_show,
+                         netns_exec, ping, start_python, tcp_echo_once, wait_for)
 
 DEVICE = "pycni.42"
 
@@ -136,24 +135,6 @@ def test_a_running_host_whose_underlay_address_changes_is_followed(lab):
     assert all(h.controller.proc.poll() is None for h in lab.hosts)
 
 
-SEND_VXLAN = textwrap.dedent("""
-    import sys
-    from scapy.all import IP, UDP, Ether, VXLAN, Raw, send
-    src_ip, dst_ip, inner_src, inner_dst, dst_mac, payload = sys.argv[1:7]
-    # flags 0x08 (I) alone: scapy sets more by default, which Linux counts as an RX error
-    inner = Ether(src="02:12:34:56:78:9a", dst=dst_mac) / IP(src=inner_src, dst=inner_dst) / UDP(sport=4000, dport=7001) / Raw(payload.encode())
-    send(IP(src=src_ip, dst=dst_ip) / UDP(sport=40000, dport=4789) / VXLAN(vni=42, flags=0x08) / inner, verbose=False)
-""")
-
-UDP_SINK = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 7001)); print('listening', flush=True)
-while True:
-    print(s.recv(2048).decode(), flush=True)
-"""
-
-
 @pytest.mark.parametrize("lab", ["file"], indirect=True)
 def test_vxlan_from_an_unknown_underlay_address_is_dropped(lab):
     wait_for(lambda: converged(lab), what="convergence")
@@ -168,7 +149,7 @@ def test_vxlan_from_an_unknown_underlay_address_is_dropped(lab):
 
         def craft(ns, src, payload):
             subprocess.run(netns_exec(ns, PYTHON, "-c", SEND_VXLAN, src, a.address, b.pod_address(),
-                                      a.pod_address(), mac, payload), check=True, capture_output=True)
+                                      a.pod_address(), mac, payload, "42"), check=True, capture_output=True)
 
         craft(intruder, f"{lab.prefix}.66", "from-the-intruder")
         wait_for(lambda: dropped(a) > dropped_before, what="the guard's drop counter")
@@ -182,28 +163,16 @@ def test_vxlan_from_an_unknown_underlay_address_is_dropped(lab):
 
 
 def dropped(host):
-    out = run(*netns_exec(host.ns, "nft", "list", "chain", "inet", "pycni_overlay", "input")).stdout
-    return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
+    out = run(*netns_exec(host.ns, "nft", "list", "counter", "inet", "pycni_overlay", "dropped")).stdout
+    return int(re.search(r"packets (\d+)", out).group(1))
 
 
 @pytest.mark.parametrize("lab", ["etcd"], indirect=True)
 def test_a_pod_tcp_stream_survives_controller_and_etcd_restarts_and_an_outage(lab):
     wait_for(lambda: converged(lab), what="convergence")
     a, b, _ = lab.hosts
-    server = start_python(b.pod, ECHO_SERVER, b.pod_address(), 7002, log=lab.tmp / "server.log")
-    wait_for(lambda: "listening" in (lab.tmp / "server.log").read_text(), what="echo server")
-    stream_log = lab.tmp / "stream.log"
-    client = start_python(a.pod, STREAM_CLIENT, b.pod_address(), 7002, log=stream_log)
-
-    def echoes():
-        lines = stream_log.read_text().split()
-        return int(lines[-1]) if lines and lines[-1].isdigit() else 0
-
-    def flowing():
-        mark = echoes()
-        wait_for(lambda: echoes() > mark + 5, what="the stream to go on")
-        assert client.poll() is None, stream_log.read_text()[-500:]
-
+    stream = PodStream(lab.tmp, a.pod, b.pod, b.pod_address(), 7002)
+    flowing = stream.flowing
     try:
         flowing()
         # a controller crash and restart: kernel state stays, the new one adopts it
@@ -231,10 +200,7 @@ def test_a_pod_tcp_stream_survives_controller_and_etcd_restarts_and_an_outage(la
         assert DEVICE in ip_show(a.ns, "link") and a.state_file.exists()
         flowing()
     finally:
-        client.kill()
-        server.kill()
-        client.wait()
-        server.wait()
+        stream.stop()
 
 
 def renewed_since_outage(host):

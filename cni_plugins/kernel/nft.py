@@ -52,13 +52,17 @@ RETURN = {"return": None}
 class Table:
     """One nftables table of ours: ``sets`` maps name -> spec (``type``,
     optional ``flags``, ``map``...), ``chains`` maps name -> (base chain
-    hook spec or None, list of rules, each a list of expressions)."""
+    hook spec or None, list of rules, each a list of expressions).
+    ``counters`` are named counter objects (rules count into them with
+    ``{"counter": name}``): unlike a rule's own counter they keep their
+    values when the skeleton is declared again."""
 
-    def __init__(self, family: str, name: str, sets: dict, chains: dict):
+    def __init__(self, family: str, name: str, sets: dict, chains: dict, counters: tuple[str, ...] = ()):
         self.family = family
         self.name = name
         self.sets = sets
         self.chains = chains
+        self.counters = counters
 
     def skeleton(self) -> list[dict]:
         ref = {"family": self.family, "table": self.name}
@@ -66,6 +70,7 @@ class Table:
         for set_name, spec in self.sets.items():
             kind = "map" if "map" in spec else "set"
             cmds.append({"add": {kind: {**ref, "name": set_name, **spec}}})
+        cmds += [{"add": {"counter": {**ref, "name": counter}}} for counter in self.counters]
         for chain, (hook, rules) in self.chains.items():
             cmds.append({"add": {"chain": {**ref, "name": chain, **(hook or {})}}})
             cmds.append({"flush": {"chain": {**ref, "name": chain}}})

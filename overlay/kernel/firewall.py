@@ -1,102 +1,66 @@
 """The VXLAN guard: our own nftables table drops VXLAN (our UDP port) from
 any underlay address that is not a known node's.  The known addresses are
-set elements, so a lookup costs the same for 3 nodes or 500, and a change
-is one atomic libnftables JSON transaction that keeps the drop counters.
+set elements, so a lookup costs the same for 3 nodes or 500; the table is
+declared with the project's one nftables mechanism (`cni_plugins.kernel.nft`).
 
     table inet pycni_overlay {
         set peers4 { type ipv4_addr }   set peers6 { type ipv6_addr }
+        set ports { type inet_service }  counter dropped
         chain input { type filter hook input priority -10
-            udp dport PORT ip saddr != @peers4 counter drop
-            udp dport PORT ip6 saddr != @peers6 counter drop } }
+            udp dport @ports ip saddr != @peers4 counter name dropped drop
+            udp dport @ports ip6 saddr != @peers6 counter name dropped drop } }
+
+Everything that varies (the port, the peers) is a set element, so every
+apply declares the whole table and its elements in one atomic transaction:
+it heals a flushed chain as well, and the named counter keeps its count.
 """
-import json
+from cni_plugins.kernel import nft
+from cni_plugins.kernel.nft import match, payload
 
-import netaddr
-
-FAMILY = "inet"
-TABLE = "pycni_overlay"
-CHAIN = "input"
-SETS = {4: ("peers4", "ipv4_addr", "ip"), 6: ("peers6", "ipv6_addr", "ip6")}
+SETS = {4: "peers4", 6: "peers6"}
+PORTS = "ports"
 
 
-class FirewallError(Exception):
-    pass
+def _guard(ip: str, peers: str) -> list:
+    return [match(payload("udp", "dport"), f"@{PORTS}"), match(payload(ip, "saddr"), f"@{peers}", "!="),
+            {"counter": "dropped"}, {"drop": None}]
 
 
-def _nft():
-    import nftables  # Debian's python3-nftables: only on /usr/bin/python3's path
-
-    nft = nftables.Nftables()
-    nft.set_json_output(True)
-    return nft
-
-
-def _run(commands: list[dict]) -> dict:
-    rc, out, err = _nft().json_cmd({"nftables": commands})
-    if rc != 0:
-        raise FirewallError(f"nft: {err.strip() if isinstance(err, str) else err}")
-    return out if isinstance(out, dict) else (json.loads(out) if out else {})
+GUARD = nft.Table("inet", "pycni_overlay", sets={
+    SETS[4]: {"type": "ipv4_addr"},
+    SETS[6]: {"type": "ipv6_addr"},
+    PORTS: {"type": "inet_service"},
+}, chains={
+    "input": ({"type": "filter", "hook": "input", "prio": -10, "policy": "accept"},
+              [_guard("ip", SETS[4]), _guard("ip6", SETS[6])]),
+}, counters=("dropped",))
 
 
 def observe(port: int) -> frozenset[str] | None:
     """The allowed addresses in our table; None when the table is missing
-    or guards another port (it is then rebuilt)."""
-    try:
-        listing = _run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}])
-    except FirewallError:
+    or guards another port (it is then declared again)."""
+    with nft.locked():
+        held = nft.table_elements(GUARD)
+    if held is None or held.get(PORTS) != [port]:
         return None
-    allowed, guarded = set(), 0
-    for item in listing.get("nftables", []):
-        if "set" in item:
-            for element in item["set"].get("elem", []):
-                allowed.add(element if isinstance(element, str) else json.dumps(element))
-        elif "rule" in item and _guards(item["rule"], port):
-            guarded += 1
-    return frozenset(allowed) if guarded == len(SETS) else None
+    return frozenset(address for name in SETS.values() for address in held.get(name, []))
 
 
-def _guards(rule: dict, port: int) -> bool:
-    return any(e.get("match", {}).get("left") == {"payload": {"protocol": "udp", "field": "dport"}}
-               and e["match"].get("right") == port for e in rule.get("expr", []))
-
-
-def apply(allowed: frozenset[str], port: int, rebuild: bool) -> None:
-    """Make the allowed set exactly ``allowed``: the whole table in one
-    transaction when ``rebuild``, else only the set elements."""
-    table = {"family": FAMILY, "name": TABLE}
-    inside = {"family": FAMILY, "table": TABLE}
-    commands = []
-    if rebuild:
-        commands += [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}},
-                     {"add": {"chain": {**inside, "name": CHAIN, "type": "filter", "hook": "input",
-                                        "prio": -10, "policy": "accept"}}}]
-        for name, kind, _ in SETS.values():
-            commands.append({"add": {"set": {**inside, "name": name, "type": kind}}})
-        for name, _, proto in SETS.values():
-            commands.append({"add": {"rule": {**inside, "chain": CHAIN, "expr": [
-                {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": port}},
-                {"match": {"op": "!=", "left": {"payload": {"protocol": proto, "field": "saddr"}},
-                           "right": f"@{name}"}},
-                {"counter": None}, {"drop": None}]}}})
-    else:
-        commands += [{"flush": {"set": {**inside, "name": name}}} for name, _, _ in SETS.values()]
-    for version, (name, _, _) in SETS.items():
-        elements = sorted(a for a in allowed if netaddr.IPAddress(a).version == version)
+def apply(allowed: frozenset[str], port: int) -> None:
+    """Make the table guard ``port`` and allow exactly ``allowed``."""
+    ref = {"family": GUARD.family, "table": GUARD.name}
+    commands = GUARD.skeleton()
+    commands += [{"flush": {"set": {**ref, "name": name}}} for name in (*SETS.values(), PORTS)]
+    commands.append(nft.element_command(GUARD, "add", PORTS, port))
+    for version, name in SETS.items():
+        elements = sorted(a for a in allowed if (":" in a) == (version == 6))
         if elements:
-            commands.append({"add": {"element": {**inside, "name": name, "elem": elements}}})
-    _run(commands)
-
-
-def dropped() -> int:
-    """Packets the guard dropped so far (its counters)."""
-    try:
-        listing = _run([{"list": {"chain": {"family": FAMILY, "table": TABLE, "name": CHAIN}}}])
-    except FirewallError:
-        return 0
-    return sum(e["counter"]["packets"] for item in listing.get("nftables", []) if "rule" in item
-               for e in item["rule"]["expr"] if "counter" in e)
+            commands.append({"add": {"element": {**ref, "name": name, "elem": elements}}})
+    with nft.locked():
+        nft.run(commands)
 
 
 def remove() -> None:
-    table = {"family": FAMILY, "name": TABLE}
-    _run([{"add": {"table": table}}, {"delete": {"table": table}}])
+    table = {"family": GUARD.family, "name": GUARD.name}
+    with nft.locked():
+        nft.run([{"add": {"table": table}}, {"delete": {"table": table}}])

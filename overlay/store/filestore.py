@@ -2,13 +2,15 @@
 
     <path>/lock             flock'ed around every read-modify-write
     <path>/leases/<key>.json one lease per file, replaced atomically
-    <path>/tmp/             where a lease is written before its rename
+                            (core.records.write_atomic; its temporary
+                            file's name does not end in .json, so
+                            listings and watchers pass it by)
 
 It serves the agents of one machine, including lab hosts that are network
 namespaces sharing the filesystem.  Expiry needs no daemon: a lease past its
 ``expires`` counts as absent, watchers report it gone when its time comes,
-and the next acquire removes the file.  Files are not fsynced: leases live
-only as long as their TTL, and a torn file after a power cut is skipped.
+and the next acquire removes the file.  A file that cannot be read as a
+lease (torn by a power cut, foreign) is skipped.
 """
 import fcntl
 import json
@@ -19,7 +21,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..files import write_json
+from cni_plugins.core.records import write_atomic
+
 from ..lease import Lease, LeaseRequest
 from ..network import Network
 from .base import LeaseEvent, LeaseLost, LeaseStore, LeaseWatch, WatchBatch, own_lease
@@ -33,9 +36,7 @@ class FileStore(LeaseStore):
         super().__init__(network)
         self.path = path
         self.leases_dir = os.path.join(path, "leases")
-        self.tmp_dir = os.path.join(path, "tmp")
         os.makedirs(self.leases_dir, exist_ok=True)
-        os.makedirs(self.tmp_dir, exist_ok=True)
 
     # --- the interface -----------------------------------------------------------
     def acquire(self, request: LeaseRequest) -> Lease:
@@ -102,7 +103,7 @@ class FileStore(LeaseStore):
         return live
 
     def _write(self, lease: Lease) -> Lease:
-        write_json(self._file(lease.key), lease.to_json(), tmp_dir=self.tmp_dir)
+        write_atomic(self._file(lease.key), json.dumps(lease.to_json()).encode())
         return lease
 
     @contextmanager
