@@ -256,7 +256,10 @@ class Expected:
     host_veths: list[str]
 
 
-def expected_state(cfg: BridgeConfig, req: Request, prev: dict) -> Expected:
+def expected_state(cfg: BridgeConfig, req: Request, prev: dict, record: dict | None) -> Expected:
+    """What prevResult promises.  Our host veth is the one our record names
+    (without a record, prevResult's host-side veths): plugins chained after
+    us add host interfaces of their own (bandwidth's ifb)."""
     interfaces = prev.get("interfaces") or []
     container = next((i for i in interfaces if i.get("sandbox") and i.get("name") == req.ifname), None)
     if container is None:
@@ -269,7 +272,8 @@ def expected_state(cfg: BridgeConfig, req: Request, prev: dict) -> Expected:
                  "gw": ipaddress.ip_address(r["gw"]) if r.get("gw") else None, "route": r}
                 for r in prev.get("routes") or []],
         bridge=cfg.bridge,
-        host_veths=[i["name"] for i in interfaces if not i.get("sandbox") and i.get("name") != cfg.bridge],
+        host_veths=[record["hostVeth"]] if record and record.get("hostVeth") else
+        [i["name"] for i in interfaces if not i.get("sandbox") and i.get("name", "").startswith("veth")],
     )
 
 
@@ -497,7 +501,8 @@ def check(req: Request) -> None:
         raise CNIError(INVALID_CONFIG, "bridge: CHECK needs prevResult")
     delegate.run(req, "CHECK")
     with Sandbox(req.netns, UNKNOWN_CONTAINER) as sandbox, Netlink() as host:
-        require_same(PLUGIN, differences(expected_state(cfg, req, prev), sandbox, host))
+        record = store_for(req, PLUGIN).load(req.container_id, req.ifname)
+        require_same(PLUGIN, differences(expected_state(cfg, req, prev, record), sandbox, host))
 
 
 def gc(req: Request) -> None:

@@ -104,6 +104,9 @@ def test_add_check_del(bin_dir, host, bnet, pod, state_dirs):
 
     rc, err = in_host(bin_dir, host, "bandwidth", "CHECK", {**conf, "prevResult": out}, ns)
     assert rc == 0, err
+    # the whole chain's CHECK: bridge is handed the final result, ifb included
+    rc, err = in_host(bin_dir, host, "bridge", "CHECK", {**bnet, "prevResult": out}, ns)
+    assert rc == 0, err
 
     rc, err = in_host(bin_dir, host, "bandwidth", "DEL", conf, ns)
     assert rc == 0, err

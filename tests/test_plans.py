@@ -162,6 +162,9 @@ def test_dnsname_needs_addresses_and_a_gateway(prev_ips, gateways):
 # --- bridge CHECK's plan ------------------------------------------------------
 def test_bridge_expected_state_comes_from_prev_result():
     req = request("bridge", bridge="br0", ipam={"type": "host-local"})
-    exp = bridge.expected_state(bridge.parse_config(req), req, {**PREV, "routes": [{"dst": "0.0.0.0/0"}]})
+    prev = {**PREV, "routes": [{"dst": "0.0.0.0/0"}], "interfaces": PREV["interfaces"] + [{"name": "bwp0123"}]}
+    exp = bridge.expected_state(bridge.parse_config(req), req, prev, None)
     assert exp.host_veths == ["veth1"] and exp.addresses[0] == ipaddress.ip_interface("10.9.0.5/24")
+    # our record names our veth: a chained plugin's host interface (bandwidth's ifb) is not expected on the bridge
+    assert bridge.expected_state(bridge.parse_config(req), req, prev, {"hostVeth": "veth9"}).host_veths == ["veth9"]
     assert exp.routes[0]["dst"] == ipaddress.ip_network("0.0.0.0/0") and exp.routes[0]["gw"] is None
