@@ -44,6 +44,8 @@ CASES = {
     "pointer out of range in the question": (header() + question(b"\xc3\xff"), FORMERR),
     "pointer loop in a record's owner": (header(ar=1) + question(ALPHA) + b"\xc0\x17" + OPT[1:], FORMERR),
     "pointer out of range in a record's owner": (header(ar=1) + question(ALPHA) + b"\xc0\xff" + OPT[1:], FORMERR),
+    "forward pointer in a record's owner": (header(an=1) + question(ALPHA) + b"\xc0\x1c"
+                                            + struct.pack("!HHIH", 1, 1, 0, 4) + bytes(4), FORMERR),
     "pointer cut off at the end": (header(ar=1) + question(ALPHA) + b"\xc0", FORMERR),
     # EDNS (RFC 6891 6.1.1): one OPT, in the additional section, owned by the root
     "two OPT records": (bytes(DNS(id=0x5151, qd=DNSQR(qname="alpha"), ar=[DNSRROPT(), DNSRROPT()])), FORMERR),

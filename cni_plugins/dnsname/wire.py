@@ -34,13 +34,14 @@ def encode_name(name: str) -> bytes:
 
 
 def _skip_name(data: bytes, p: int) -> int:
-    """The end of the name at ``p``; a pointer must point back, past the header."""
+    """The end of the name at ``p``; a pointer must point back (RFC 1035 4.1.4:
+    to a prior occurrence; we need not follow it)."""
     while True:
         if p >= len(data):
             raise Refuse(FORMERR)
         n = data[p]
         if n & 0xC0 == 0xC0:
-            if p + 2 > len(data) or not 12 <= (n & 0x3F) << 8 | data[p + 1] < p:
+            if p + 2 > len(data) or (n & 0x3F) << 8 | data[p + 1] >= p:
                 raise Refuse(FORMERR)
             return p + 2
         if n & 0xC0:
