@@ -280,6 +280,16 @@ def mutate(data: bytes, rng) -> bytes:
 
 
 # --- the resolver's UDP path in this process ---------------------------------------------------
+def socket_in(netns: str, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    """An IPv4 socket of namespace ``netns`` (it stays there: setns moved only this thread)."""
+    fd = open_netns(f"/run/netns/{netns}")
+    try:
+        with entered(fd):
+            return socket.socket(socket.AF_INET, kind)
+    finally:
+        os.close(fd)
+
+
 class Local:
     """A zone served by the resolver's own batch loop and full path, on a
     loopback socket of a namespace made for the test: no daemon, but every
@@ -287,15 +297,9 @@ class Local:
 
     def __init__(self, netns: str, tmp_path, zone: Zone):
         self.zone = zone
-        fd = open_netns(f"/run/netns/{netns}")
-        try:
-            with entered(fd):
-                self.server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-                self.server.bind(("127.0.0.1", 53))
-                self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-                self.client.bind(("127.0.0.1", 0))
-        finally:
-            os.close(fd)
+        self.server = socket_in(netns, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        self.server.bind(("127.0.0.1", 53))
+        self.client = socket_in(netns, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         self.batch = Batch(self.server)
         self.resolver = Resolver(str(tmp_path), 0, resolv_conf=str(tmp_path / "no-resolv.conf"))
 
@@ -408,12 +412,7 @@ class Client:
     """A UDP socket in a pod's namespace, sending windows of queries to a resolver."""
 
     def __init__(self, pod: str, server: str):
-        fd = open_netns(f"/run/netns/{pod}")
-        try:
-            with entered(fd):
-                self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        finally:
-            os.close(fd)
+        self.sock = socket_in(pod)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.server = server
 
@@ -497,14 +496,7 @@ def test_udp_query_larger_than_2048_bytes_is_answered_as_over_tcp(bin_dir, node,
     for size in (3000, 9000, 60000):
         padding = struct.pack("!HH", 12, size) + bytes(size)
         query = query_bytes(0x4242, 0x0100, [b"ALpha"], A, IN, opt_record(4096, options=padding))
-        fd = open_netns(f"/run/netns/{pod}")
-        try:
-            with entered(fd):
-                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        finally:
-            os.close(fd)
-        with udp, tcp:
+        with socket_in(pod) as udp, socket_in(pod, socket.SOCK_STREAM) as tcp:
             udp.settimeout(3)
             udp.sendto(query, (net.gw4, 53))
             over_udp = dns.message.from_wire(udp.recv(65536))

@@ -6,15 +6,13 @@ query), and the resolver answers a well-formed query right after each.
 "No answer" is observed without waiting for a timeout: the resolver
 serves one socket in order, so had it answered the bad packet, that answer
 would arrive before the one to the well-formed query sent after it."""
-import os
-import socket
 import struct
 
 import dns.message
 import dns.rcode
 from scapy.layers.dns import DNS, DNSQR, DNSRR, DNSRROPT
 
-from cni_plugins.kernel.netns import entered, open_netns
+from test_dns_answers import socket_in
 from test_dnsname import DOMAIN, Net, ip_of, node  # noqa: F401 (fixture)
 
 FORMERR, NOTIMP, DROP = "formerr", "notimp", "drop"
@@ -93,13 +91,10 @@ WELL_FORMED = {
 
 
 class Pod:
+    """A UDP socket in a pod, talking to the resolver."""
+
     def __init__(self, pod: str, server: str):
-        fd = open_netns(f"/run/netns/{pod}")
-        try:
-            with entered(fd):
-                self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        finally:
-            os.close(fd)
+        self.sock = socket_in(pod)
         self.sock.settimeout(3)
         self.server = server
 
