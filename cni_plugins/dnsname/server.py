@@ -16,10 +16,12 @@ and TCP.
 * EDNS: an OPT in the query gets one back (our payload size, DO copied);
   version > 0 is BADVERS; answers that exceed the client's size (512
   without EDNS) come back truncated (TC).  FORMERR, NOTIMP as RFC 1035.
-* Speed: the answer to a query we own depends only on the query's bytes
-  after the ID, so the first answer is stored under those bytes and later
-  identical queries are answered by one dict lookup plus the ID patched in.
-  The cache belongs to the zone and goes with it on reload.
+* Speed: UDP queries come and go in batches (recvmmsg/sendmmsg, udp.py).
+  An answer given once is kept ready in wire form under its question
+  (zone.py), so the next query for it costs one dict lookup on its
+  case-folded bytes, whatever its ID, flags, EDNS size or letter case; the
+  answer is written around the client's own question.  Ready answers
+  belong to the zone and go with it on reload.
 * Reload: records are files (layout.py describes them).  The plugin
   sends "reload" on the control socket after every change (answered once
   the new zone serves), and a 100 ms poll of the directory's mtimes catches
@@ -43,12 +45,11 @@ from .forward import Forwarder, ResolvConf
 from .layout import network_records, read_json, resolver_files
 from .loop import Loop
 from .tcp import TcpServer
-from .udp import BATCH, Batch
+from .udp import BATCH, Batch, sockaddr
 from .wire import BADVERS, Drop, Refuse, build, error_reply, parse_query
 from .zone import Zone
 
 POLL_INTERVAL = 0.1
-CACHE_MAX = 65536
 RCVBUF = 4 << 20
 IP_FREEBIND = 15
 SO_RCVBUFFORCE = 33
@@ -276,44 +277,25 @@ class Resolver:
 
     # -- answering --
     def _udp_handler(self, listener: Listener):
-        holder, slow, sock = listener.holder, self._udp_slow, listener.udp
-        batch = Batch.make(sock)
-        if batch is not None:
-            def handle(events):
-                while batch.serve(holder[0], slow) == BATCH:
-                    pass
-
-            return handle
-        recv, send = sock.recvfrom, sock.sendto
+        holder, answer, batch = listener.holder, self._udp_answer, Batch(listener.udp)
 
         def handle(events):
-            cache = holder[0].cache
-            for _ in range(BATCH):
-                try:
-                    data, addr = recv(4096)
-                except OSError:
-                    return
-                answer = cache.get(data[2:])
-                if answer is not None:
-                    try:
-                        send(data[:2] + answer, addr)
-                    except OSError:
-                        pass
-                else:
-                    slow(sock, holder[0], data, addr)
+            while batch.serve(holder[0], answer) == BATCH:
+                pass
 
         return handle
 
-    def _udp_slow(self, sock, zone: Zone, data: bytes, addr) -> None:
-        def reply(msg, sock=sock, addr=addr):
+    def _udp_answer(self, sock, zone: Zone, data: bytes, sender: bytes):
+        """The answer to a UDP query without a ready one, or None (none, or
+        forwarded: the upstream's answer is sent when it comes)."""
+        def reply(msg):
             try:
-                sock.sendto(msg, addr)
+                sock.sendto(msg, sockaddr(sender))
             except OSError:
                 pass
 
         msg = self._answer(zone, data, reply, udp=True)
-        if msg is not None and msg is not FORWARDED:
-            reply(msg)
+        return None if msg is FORWARDED else msg
 
     def _answer(self, zone: Zone, data: bytes, reply, udp: bool):
         """The answer to a query; FORWARDED once it is handed to an upstream
@@ -328,17 +310,13 @@ class Resolver:
         if q.edns and q.version > 0:
             msg = build(q, data, BADVERS, aa=False, limit=limit)
         else:
-            found = zone.lookup(q)
+            found = zone.lookup(q.qname, q.qtype, q.qclass)
             if found is None:
                 self.forwarder.forward(self._upstreams(zone), q.qend, data, reply, udp)
                 return FORWARDED
             rcode, answers, an, auth, ns = found
             msg = build(q, data, rcode, answers, an, auth, ns, limit=limit)
-        if udp and not q.options:
-            cache = zone.cache
-            if len(cache) >= CACHE_MAX:
-                cache.clear()
-            cache[data[2:]] = msg[2:]
+        zone.remember(data, q, msg)
         return msg
 
     def run(self) -> None:

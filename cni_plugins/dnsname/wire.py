@@ -34,11 +34,15 @@ def encode_name(name: str) -> bytes:
 
 
 def _skip_name(data: bytes, p: int) -> int:
+    """The end of the name at ``p``; a pointer must point back (RFC 1035 4.1.4:
+    to a prior occurrence; we need not follow it)."""
     while True:
         if p >= len(data):
             raise Refuse(FORMERR)
         n = data[p]
         if n & 0xC0 == 0xC0:
+            if p + 2 > len(data) or (n & 0x3F) << 8 | data[p + 1] >= p:
+                raise Refuse(FORMERR)
             return p + 2
         if n & 0xC0:
             raise Refuse(FORMERR)
@@ -73,7 +77,12 @@ def parse_query(data: bytes) -> Query:
         raise Refuse(FORMERR)
     q = Query()
     q.flags = flags
-    q.qname = b".".join(labels).lower()
+    qname = b".".join(labels)
+    if qname.count(b".") != len(labels) - 1 or b"\\" in qname:
+        # a dot or backslash inside a label: escaped (RFC 1035 5.1), so it cannot
+        # pass for a name of other labels
+        qname = b".".join(x.replace(b"\\", b"\\092").replace(b".", b"\\046") for x in labels)
+    q.qname = qname.lower()
     q.qtype, q.qclass = struct.unpack_from("!HH", data, p)
     q.qend = p = p + 4
     q.edns = False
@@ -103,13 +112,17 @@ def build(q: Query, data: bytes, rcode: int, answers: bytes = b"", an: int = 0, 
     flags = 0x8080 | (q.flags & 0x0110) | (0x0400 if aa else 0) | (rcode & 0xF)
     opt, ar = b"", 0
     if q.edns:
-        opt = b"\0" + struct.pack("!HHIH", OPT, EDNS_PAYLOAD, ((rcode >> 4) << 24) | q.do, 0)
-        ar = 1
+        opt, ar = opt_record(rcode, q.do), 1
     question = data[12:q.qend]
     msg = HEADER.pack(0, flags, 1, an, ns, ar) + question + answers + auth + opt
     if len(msg) > limit:
         msg = HEADER.pack(0, flags | 0x0200, 1, 0, 0, ar) + question + opt
     return data[:2] + msg[2:]
+
+
+def opt_record(rcode: int, do: int) -> bytes:
+    """Our OPT: the payload size we take, the upper bits of ``rcode``, DO as the query had it."""
+    return b"\0" + struct.pack("!HHIH", OPT, EDNS_PAYLOAD, ((rcode >> 4) << 24) | do, 0)
 
 
 def error_reply(data: bytes, rcode: int) -> bytes:

@@ -1,13 +1,30 @@
 """One network's names as a zone: every answer's records ready as wire
-bytes, built once per reload, and the answer cache that belongs to it."""
+bytes, built once per reload, and the answers it has given, ready to give
+again.
+
+Ready answers (``Zone.answers``) are what the UDP loop serves without
+parsing.  They are keyed by the question, letter case folded, behind the
+counts of a plain query (one question, nothing else) or of one with EDNS
+(the question and an OPT with no option, which the loop strips): so a
+query's ID, RD/CD flags, EDNS payload size and DO bit, and the letter case
+of its name, do not make it another entry.  The answer is written around
+the client's own question, which keeps its case (RFC 4343).  An answer is
+made ready the first time the full path gives it (``remember``); a reload
+starts afresh.
+"""
 import ipaddress
 import struct
 import time
 
 from .forward import parse_upstream
 from .layout import DEFAULT_DOMAIN
-from .wire import A, AAAA, ANY, IN, NOERROR, NXDOMAIN, PTR, RR, SOA, TTL, Query, encode_name, \
+from .wire import A, AAAA, ANY, IN, NOERROR, NXDOMAIN, PTR, RR, SOA, TTL, encode_name, opt_record, \
     reverse_name, reverse_to_ip
+
+PLAIN = b"\0\1\0\0\0\0\0\0"   # the counts of a plain query: one question, nothing else
+EDNS = b"\0\1\0\0\0\0\0\1"    # ... of one with an OPT after the question
+READY_MAX = 65536             # ready answers per zone; they start afresh when there are more
+_OPT, _OPT_DO = opt_record(NOERROR, 0), opt_record(NOERROR, 0x8000)  # any rcode below 16 has these
 
 
 class Zone:
@@ -20,7 +37,6 @@ class Zone:
         self.dot_domain = b"." + self.domain
         self.gateways = [str(ipaddress.ip_address(g)) for g in meta.get("gateways") or []]
         self.upstreams = [u for u in map(parse_upstream, meta.get("upstreams") or []) if u]
-        self.cache: dict[bytes, bytes] = {}
         addrs: dict[bytes, tuple[list, list]] = {}
         ptr: dict[bytes, bytes] = {}
         subnets = set()
@@ -56,16 +72,17 @@ class Zone:
         rdata = owner + encode_name("hostmaster." + domain) + struct.pack("!IIIII", serial, 3600, 600, 86400, 0)
         self.soa = owner + struct.pack("!HHIH", SOA, IN, TTL, len(rdata)) + rdata
         self.soa_answer = RR.pack(0xC00C, SOA, IN, TTL, len(rdata)) + rdata
+        self.answers: dict[bytes, tuple] = {}
 
     @staticmethod
     def _rrset(rtype: int, packed: list[bytes]) -> bytes:
         return b"".join(RR.pack(0xC00C, rtype, IN, TTL, len(p)) + p for p in packed)
 
-    def lookup(self, q: Query):
-        """(rcode, answers, an, authority, ns) for a name of ours, None to forward."""
-        if q.qclass not in (IN, ANY):
+    def lookup(self, name: bytes, qtype: int, qclass: int):
+        """(rcode, answers, an, authority, ns) for a name of ours (lower
+        case, dotted), None to forward."""
+        if qclass not in (IN, ANY):
             return None
-        name, qtype = q.qname, q.qtype
         host = self.hosts.get(name)
         if host is not None:
             a, na, aaaa, naaaa = host
@@ -92,3 +109,46 @@ class Zone:
             if ip is not None and any(ip in net for net in self.subnets):
                 return NXDOMAIN, b"", 0, b"", 0
         return None
+
+    def remember(self, data: bytes, q, msg: bytes) -> None:
+        """Make ready the answer ``msg`` the full path gave to query
+        ``data`` (parsed as ``q``), for every query that differs from it
+        only where the answer does not: ID, flags other than QR and opcode,
+        letter case, EDNS payload size and DO.  That holds for a query of
+        one question and at most an OPT without options, of version 0 and
+        last: then no count can be a letter (case folding leaves the rest
+        of the key's bytes alone), a query type or class that folds to
+        another gives the same answer (none of A, AAAA, ANY, SOA, PTR, IN
+        is a letter), and an answer that fits 512 bytes with an OPT fits
+        any client."""
+        if data[4:11] != PLAIN[:7] or msg[2] & 0x02:
+            return
+        if data[11] == 0 and q.qend == len(data):
+            body = msg[q.qend:]
+        elif data[11] == 1 and q.edns and not q.options and q.version == 0 and q.qend + 11 == len(data):
+            body = msg[q.qend:-11]
+        else:
+            return
+        if q.qend + len(body) + 11 > 512:
+            return
+        if len(self.answers) >= READY_MAX:
+            self.answers.clear()
+        flags, _, an, ns = struct.unpack_from("!HHHH", msg, 2)
+        flags &= ~0x0110
+        question = data[12:q.qend].lower()
+        self.answers[PLAIN + question] = (headers(flags, an, ns, 0), q.qend, body, body)
+        self.answers[EDNS + question] = (headers(flags, an, ns, 1), q.qend, body + _OPT, body + _OPT_DO)
+
+
+_headers: dict[tuple, tuple] = {}
+
+
+def headers(flags: int, an: int, ns: int, ar: int) -> tuple[bytes, ...]:
+    """An answer's header after its ID, for each RD/CD of the query:
+    index (RD) | (CD << 1).  Shared by every answer that has the same."""
+    key = (flags, an, ns, ar)
+    found = _headers.get(key)
+    if found is None:
+        found = _headers[key] = tuple(struct.pack("!HHHHH", flags | (0x0100 if v & 1 else 0) | (0x0010 if v & 2 else 0),
+                                                  1, an, ns, ar) for v in range(4))
+    return found
