@@ -39,6 +39,7 @@ UNREACHABLE = (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutE
                etcd_errors.InternalServerError)
 ACQUIRE_ATTEMPTS = 8
 RECONNECT_DELAY = (0.05, 2.0)   # first and longest wait after every endpoint failed
+ELECTION_GRACE = 5.0            # how long requests go round the members before the store is unavailable
 
 
 def _b64(data: str | bytes) -> str:
@@ -69,16 +70,24 @@ class EtcdStore(LeaseStore):
 
     def call(self, request: Callable[[etcd3gw.Etcd3Client], object]):
         """Run a request on the endpoint that answered last, moving on to
-        the next one while a member is unreachable."""
+        the next one while a member is unreachable.  When none answers,
+        go round again for up to ELECTION_GRACE seconds: a cluster that just
+        lost its leader answers nothing until it has elected another."""
+        deadline = time.monotonic() + ELECTION_GRACE
+        delay = RECONNECT_DELAY[0]
         with self._lock:
-            for _ in range(len(self._clients)):
-                client = self._clients[self._current]
-                try:
-                    return request(client)
-                except UNREACHABLE as e:
-                    log.debug("etcd %s: %s", self.endpoints[self._current], e)
-                    self._current = (self._current + 1) % len(self._clients)
-            raise StoreUnavailable(f"no etcd endpoint answered: {', '.join(self.endpoints)}")
+            while True:
+                for _ in range(len(self._clients)):
+                    client = self._clients[self._current]
+                    try:
+                        return request(client)
+                    except UNREACHABLE as e:
+                        log.debug("etcd %s: %s", self.endpoints[self._current], e)
+                        self._current = (self._current + 1) % len(self._clients)
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailable(f"no etcd endpoint answered: {', '.join(self.endpoints)}")
+                time.sleep(delay)
+                delay = min(delay * 2, RECONNECT_DELAY[1])
 
     def url(self, path: str) -> str:
         """A gateway URL on the endpoint that answered last (for the watch)."""
