@@ -12,7 +12,7 @@ namespaces and the temporary directory) and deletes every namespace, also
 on failure and on Ctrl-C or SIGTERM.
 
 Throughput (iperf3, one TCP stream, same options for every path, client and
-server pinned to fixed CPUs, variants rotated between rounds):
+server on one core at nice -20, variants rotated between rounds):
   underlay       host A -> host B over the switch
   bare VXLAN     host A -> host B, a VXLAN device pair with the overlay's
                  port and MTU, addresses on the devices (the anchor)
@@ -35,6 +35,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -59,12 +60,37 @@ from overlay.kernel.route import PROTO  # noqa: E402
 VNI = 42
 PORT = 4789
 IPERF_PORT = 5201
-CLIENT_CPU, SERVER_CPU = 1, 1
+CLIENT_CPU = 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def sh(*cmd, check=True):
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
+
+
+class CpuAccount:
+    """CPU time of the whole machine against this benchmark's own (itself
+    and every child it waited for: agents, iperf3, etcd) over one part:
+    what else ran on the same cores while we measured."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        ours = sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for field in ("ru_utime", "ru_stime"))
+        return time.monotonic(), (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / CLK_TCK, ticks[7] / CLK_TCK, ours
+
+    def line(self) -> str:
+        (t0, busy0, steal0, ours0), (t1, busy1, steal1, ours1) = self.start, self._sample()
+        available = (t1 - t0) * os.cpu_count()
+        ours, busy = ours1 - ours0, busy1 - busy0
+        return (f"cpu over {t1 - t0:.0f} s: {available:.0f} cpu-s on {os.cpu_count()} cores, busy {busy:.0f} "
+                f"({ours:.0f} this benchmark, {max(0.0, busy - ours):.0f} other processes and kernel threads), "
+                f"stolen by the hypervisor {steal1 - steal0:.0f}")
 
 
 def spread(values) -> str:
@@ -199,7 +225,7 @@ class Throughput:
 
     def iperf(self, client, address) -> dict:
         out = sh(*netns_exec(client, "nice", "-n", "-20", "iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", str(self.args.seconds),
-                             "-O", "1", "-J", "-A", f"{CLIENT_CPU},{SERVER_CPU}"), check=False)
+                             "-O", "1", "-J", "-A", f"{CLIENT_CPU},{CLIENT_CPU}"), check=False)
         result = json.loads(out.stdout)
         if "error" in result:
             raise RuntimeError(f"iperf3 {client} -> {address}: {result['error']}")
@@ -260,9 +286,9 @@ THROUGHPUT_RATIOS = [("overlay", "bare VXLAN"), ("overlay", "underlay"), ("direc
                      ("bare VXLAN", "underlay")]
 
 
-def report_throughput(runs, mtus, offloads, args) -> tuple[list, list]:
-    print(f"\npod-to-pod TCP throughput, iperf3 -t {args.seconds} -O 1, one stream, client on CPU {CLIENT_CPU}, "
-          f"server on CPU {SERVER_CPU}, {args.rounds} rounds, Gbit/s")
+def report_throughput(runs, mtus, offloads, args) -> list:
+    print(f"\npod-to-pod TCP throughput, iperf3 -t {args.seconds} -O 1, one stream, client and server on CPU "
+          f"{CLIENT_CPU}, {args.rounds} rounds, Gbit/s")
     print(f"  {'path':<14}{'MTU':>5}{'MSS':>6}   {'Gbit/s':<40}{'retransmits':>12}{'cpu client/server %':>22}")
     for name, figs in runs.items():
         cpu = [f["cpu"] for f in figs]
@@ -280,17 +306,22 @@ def report_throughput(runs, mtus, offloads, args) -> tuple[list, list]:
         ratios.append((f"{num} / {den}", statistics.median(a) / statistics.median(b), paired,
                        THROUGHPUT_TARGETS.get((num, den))))
     notes = [
-        "every path here is veth pairs and bridges inside one machine: a figure is the CPU cost per byte of "
-        "that path on this machine (client and server each pinned to one of its cores, softirq work runs on "
-        "the sender's core), not a NIC's bandwidth; other processes on the machine compete for the same cores",
+        "every path is veth pairs and bridges inside one machine, and client and server run on one core "
+        f"(CPU {CLIENT_CPU}, nice -20, so that other processes hardly take it from them): the sender's, both "
+        "hosts' and the receiver's kernel work all happen on that core, so a figure is that core's "
+        "throughput through the path, the inverse of the path's CPU cost per byte, not a NIC's bandwidth; "
+        "on two cores, client and server apart reorder segments between the cores' backlogs (thousands "
+        "of retransmits) and measure the scheduler instead",
         "GSO/GRO: TCP hands 64 KiB segments down every path and veth passes them on unsegmented, also "
-        "encapsulated (udp_tnl segmentation), so the MTU sets the MSS but hardly the packet count",
-        "the bare VXLAN pair uses VNI %d (the overlay's is %d; the kernel takes one device per VNI and port): "
-        "its packets pass the overlay's nftables guard too, which is per namespace" % (VNI + 1, VNI),
+        "encapsulated (udp_tnl segmentation on veth), so the MTU sets the MSS but hardly the packet count",
+        f"the bare VXLAN pair uses VNI {VNI + 1} (the overlay's is {VNI}; the kernel takes one device per VNI and "
+        "port): its packets pass the overlay's nftables guard too, which is per namespace",
         f"directRouting pods keep the overlay MTU ({mtus['directRouting']}) from the state file, the underlay "
         f"has {mtus['underlay 2']}",
     ]
-    return ratios, notes
+    for note in notes:
+        print(f"  note: {note}")
+    return ratios
 
 
 # --- convergence ----------------------------------------------------------------------------
@@ -418,17 +449,23 @@ class Convergence:
         self.lab.settings = settings
 
     def grow(self, count: int):
-        """Run ``count`` hosts (besides the joiner), each with a pod and a probe."""
-        running = len(self.probes)
-        new = start_hosts(self.lab, range(running + 1, count + 1))
-        self.probes += [Probe(host, n) for n, host in enumerate(new, running + 1)]
-        if self.joiner is None:  # its first join picks its subnet (kept across its later joins) for its pod
+        """Run ``count`` hosts besides the joiner, each with a pod and a
+        probe.  The joiner is up meanwhile (its first start picks its
+        subnet and its pod is made then), so that no new host takes its
+        subnet; every host reaching its pod checks the lab before it leaves."""
+        if self.joiner is None:
             self.joiner = self.lab.add_host(200)
             self.joiner.start()
             add_pod(self.joiner)
             self.subnet, self.address = self.joiner.state()["subnet"], self.joiner.pod_address()
-            self.reached(time.monotonic() + JOIN_TIMEOUT, "the first join")
-            self.leave()
+        else:
+            self.joiner.start()
+            self._same_subnet()
+        running = len(self.probes)
+        new = start_hosts(self.lab, range(running + 1, count + 1))
+        self.probes += [Probe(host, n) for n, host in enumerate(new, running + 1)]
+        self.reached(time.monotonic() + JOIN_TIMEOUT, f"{count} hosts")
+        self.leave()
 
     def agents(self):
         return [p.host.controller.proc for p in self.probes]
@@ -491,9 +528,7 @@ class Convergence:
         self.joiner.start(wait=False)
         found = self.reached(start + JOIN_TIMEOUT, "a join")
         self.joiner.wait_ready()  # its traffic may flow a moment before its state file is written
-        state = self.joiner.state()
-        if state["subnet"] != self.subnet:
-            raise RuntimeError(f"the joiner came back with {state['subnet']}, not {self.subnet}")
+        self._same_subnet()
         figures = {
             "all reached": max(found["reached"].values()) - start,
             "median host reached": statistics.median(found["reached"].values()) - start,
@@ -504,6 +539,11 @@ class Convergence:
         }
         self.leave()
         return figures
+
+    def _same_subnet(self):
+        subnet = self.joiner.state()["subnet"]
+        if subnet != self.subnet:
+            raise RuntimeError(f"the joiner came back with {subnet}, not {self.subnet} (its pod's subnet)")
 
     def _logged(self, word: str, since: float) -> float:
         """Wall-clock time of the joiner's last log line with ``word``
@@ -595,8 +635,8 @@ def interrupted(*_):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (every path once per round)")
-    parser.add_argument("--seconds", type=int, default=5, help="iperf3 duration of one run")
+    parser.add_argument("--rounds", type=int, default=5, help="throughput rounds (every path once per round)")
+    parser.add_argument("--seconds", type=int, default=4, help="iperf3 duration of one run")
     parser.add_argument("--hosts", default="20,50", help="running host counts a host joins, e.g. 20,50")
     parser.add_argument("--joins", type=int, default=5, help="measured joins per host count")
     parser.add_argument("--stores", default="file,etcd", help="lease stores for convergence")
@@ -618,9 +658,10 @@ def main(argv=None) -> int:
     print(f"overlay benchmark on {os.uname().nodename} ({os.cpu_count()} cores, kernel {os.uname().release}), "
           f"load average at start {load[0]:.2f}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="pycni-overlay-bench-"))
-    throughput, convergence, notes = [], [], []
+    throughput, convergence = [], []
     try:
         if args.skip != "throughput":
+            cpu = CpuAccount()
             part = Throughput(work, args)
             try:
                 part.setup()
@@ -628,9 +669,11 @@ def main(argv=None) -> int:
                 mtus, offloads = part.mtus(), part.offload_table()
             finally:
                 part.teardown()
-            throughput, notes = report_throughput(runs, mtus, offloads, args)
+            throughput = report_throughput(runs, mtus, offloads, args)
+            print(f"  {cpu.line()}")
         if args.skip != "convergence":
             for store in stores:
+                cpu = CpuAccount()
                 part = Convergence(work, store, args)
                 try:
                     part.setup()
@@ -638,10 +681,9 @@ def main(argv=None) -> int:
                 finally:
                     part.teardown()
                 convergence += report_convergence(store, results)
+                print(f"  {cpu.line()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for note in notes:
-        print(f"  note: {note}")
     failed = summary(throughput, convergence)
     print(f"\noverlay benchmark took {time.monotonic() - began:.0f} s; load average at the end "
           f"{os.getloadavg()[0]:.2f}")
@@ -649,4 +691,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("overlay bench: interrupted; everything it made is removed", file=sys.stderr)
+        sys.exit(130)
