@@ -140,27 +140,30 @@ def add_pod(host: Host) -> None:
     sh("ip", "-n", host.pod, "link", "set", "eth0", "mtu", str(host.state()["mtu"]))
 
 
-def settle(procs, timeout=30.0):
-    """Wait until the agents are idle (less than a clock tick of CPU
-    between them over 0.3 s), so that one join is not measured while the
-    others still digest the previous one."""
-    def ticks():
-        total = 0
-        for proc in procs:
-            try:
-                with open(f"/proc/{proc.pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except (OSError, IndexError):
-                pass
-        return total
+def schedstat(procs) -> tuple[float, float]:
+    """Seconds the processes ran on a CPU and waited runnable for one, in
+    total (/proc/PID/schedstat, nanoseconds)."""
+    ran = waited = 0
+    for proc in procs:
+        try:
+            with open(f"/proc/{proc.pid}/schedstat") as f:
+                fields = f.read().split()
+        except OSError:
+            continue
+        ran, waited = ran + int(fields[0]), waited + int(fields[1])
+    return ran / 1e9, waited / 1e9
 
+
+def settle(procs, timeout=30.0):
+    """Wait until the agents are idle (less than 5 ms of CPU between them
+    over 0.3 s), so that one join is not measured while the others still
+    digest the previous one."""
     deadline = time.monotonic() + timeout
-    before = ticks()
+    before = schedstat(procs)[0]
     while time.monotonic() < deadline:
         time.sleep(0.3)
-        after = ticks()
-        if after - before <= 1:
+        after = schedstat(procs)[0]
+        if after - before < 0.005:
             return
         before = after
 
@@ -524,11 +527,16 @@ class Convergence:
         for probe in self.probes:
             probe.route_events(self.subnet)
             probe.replied("")
+        agents = self.agents()
+        ran, waited = schedstat(agents)
         wall, start = time.time(), time.monotonic()
         self.joiner.start(wait=False)
         found = self.reached(start + JOIN_TIMEOUT, "a join")
         self.joiner.wait_ready()  # its traffic may flow a moment before its state file is written
         self._same_subnet()
+        own = schedstat([self.joiner.controller.proc])
+        settle(agents)
+        after = schedstat(agents)
         figures = {
             "all reached": max(found["reached"].values()) - start,
             "median host reached": statistics.median(found["reached"].values()) - start,
@@ -536,6 +544,8 @@ class Convergence:
             "own dataplane": os.stat(self.joiner.state_file).st_mtime - wall,
             "median route": statistics.median(found["routed"].values()) - start if found["routed"] else float("nan"),
             "last route": max(found["routed"].values()) - start if found["routed"] else float("nan"),
+            "joiner cpu": own[0], "joiner waited for cpu": own[1],
+            "others cpu, total": after[0] - ran, "others waited for cpu, total": after[1] - waited,
         }
         self.leave()
         return figures
@@ -576,9 +586,10 @@ class Convergence:
                 fig = self.join()
                 rounds.append(fig)
                 print(f"  {self.store} {count} hosts, join {j + 1}: all reached {fig['all reached']:.3f} s "
-                      f"(median host {fig['median host reached']:.3f}; acquired {fig['acquired']:.3f}, own "
-                      f"dataplane {fig['own dataplane']:.3f}, routes {fig['median route']:.3f}.."
-                      f"{fig['last route']:.3f})", flush=True)
+                      f"(acquired {fig['acquired']:.3f}, own dataplane {fig['own dataplane']:.3f}, routes "
+                      f"{fig['median route']:.3f}..{fig['last route']:.3f}; cpu: joiner {fig['joiner cpu']:.3f} "
+                      f"waited {fig['joiner waited for cpu']:.3f}, others {fig['others cpu, total']:.3f} "
+                      f"waited {fig['others waited for cpu, total']:.3f})", flush=True)
             results[count] = {"rounds": rounds, "memory": self.memory()}
         return results
 
@@ -599,8 +610,8 @@ def report_convergence(store, results) -> list:
         rounds = result["rounds"]
         print(f"\nconvergence, {store} store, a host joins {count} running hosts, {len(rounds)} joins, seconds "
               "from its agent's start")
-        for key in ("all reached", "median host reached", "acquired", "own dataplane", "median route", "last route"):
-            print(f"  {key:<22}{spread([r[key] for r in rounds])}")
+        for key in rounds[0]:
+            print(f"  {key:<30}{spread([r[key] for r in rounds])}")
         mem = result["memory"]
         print(f"  agent memory, {len(mem['rss'])} agents: RSS MiB {spread(mem['rss'])}; of it anonymous "
               f"(not shared with other agents) {spread(mem['anon'])}")
