@@ -21,15 +21,21 @@ server on one core at nice -20, variants rotated between rounds):
   directRouting  pod on C -> pod on D, both agents with directRouting: true
 Targets: overlay >= 0.95 x bare VXLAN, directRouting >= 0.95 x underlay 2.
 
-Convergence: N hosts run, each with a pod; a new host's agent starts; the
-figure is the time until the pod of every other host has an answer to an
-ICMP echo sent to the new host's pod (each pod sends one every 10 ms from a
-raw socket the benchmark opened in it).  Also recorded per join, for where
-the time goes: the new agent's "acquired" log line, its state file (own
-dataplane done), each other host's route to the new subnet (netlink
-events).  The new host joins, is measured, leaves cleanly (every other host
-drops its route), and joins again; the agents are let idle between joins.
-Targets: median under 1 s, worst under 2 s.
+Convergence (file store, and etcd: one member in a namespace of its own on
+the switch, as hosts cannot reach the machine's loopback): N hosts run,
+each with a pod; a new host's agent starts; the figure is the time until
+the pod of every other host has an answer to an ICMP echo sent to the new
+host's pod (each pod sends one every 10 ms from a raw socket the benchmark
+opened in it).  Also recorded per join, for where the time goes: the new
+agent's "acquired" log line, its state file (own dataplane done), each
+other host's route to the new subnet (netlink events), and the CPU time the
+new agent and the running ones used and waited for (schedstat).  The new
+host joins, is measured, leaves cleanly (every other host drops its route),
+and joins again; the agents are let idle between joins.  Targets: median
+under 1 s, worst under 2 s.
+
+Each part ends with the machine's CPU time against this benchmark's own:
+what else ran on the same two cores meanwhile.
 """
 import argparse
 import datetime
@@ -60,7 +66,8 @@ from overlay.kernel.route import PROTO  # noqa: E402
 VNI = 42
 PORT = 4789
 IPERF_PORT = 5201
-CLIENT_CPU = 1
+CPU = 1                      # iperf3 client and server, both
+NICE = ("nice", "-n", "-20")  # other processes hardly take that core from them
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -198,7 +205,7 @@ class Throughput:
             bare[host.ns] = f"10.247.9.{n}"
         for ns in (b.ns, b.pod, d.ns, d.pod):
             self._server(ns)
-        # name: (client namespace, server address, what the packets cross, device whose MTU applies)
+        # name: (client namespace, server address, (namespace, device) whose MTU the path has)
         self.variants = {
             "underlay": (a.ns, b.address, (a.ns, "eth0")),
             "bare VXLAN": (a.ns, bare[b.ns], (a.ns, "pbvx0")),
@@ -213,7 +220,7 @@ class Throughput:
             "host cni0 (bridge)": (a.ns, "cni0"), "pod eth0 (veth)": (a.pod, "eth0")}
 
     def _server(self, ns):
-        proc = subprocess.Popen(netns_exec(ns, "nice", "-n", "-20", "iperf3", "-s", "-p", str(IPERF_PORT), "--forceflush"),
+        proc = subprocess.Popen(netns_exec(ns, *NICE, "iperf3", "-s", "-p", str(IPERF_PORT), "--forceflush"),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.servers.append(proc)
         said, fd = b"", proc.stdout.fileno()
@@ -227,8 +234,8 @@ class Throughput:
             said += chunk
 
     def iperf(self, client, address) -> dict:
-        out = sh(*netns_exec(client, "nice", "-n", "-20", "iperf3", "-c", address, "-p", str(IPERF_PORT), "-t", str(self.args.seconds),
-                             "-O", "1", "-J", "-A", f"{CLIENT_CPU},{CLIENT_CPU}"), check=False)
+        out = sh(*netns_exec(client, *NICE, "iperf3", "-c", address, "-p", str(IPERF_PORT),
+                             "-t", str(self.args.seconds), "-O", "1", "-J", "-A", f"{CPU},{CPU}"), check=False)
         result = json.loads(out.stdout)
         if "error" in result:
             raise RuntimeError(f"iperf3 {client} -> {address}: {result['error']}")
@@ -291,7 +298,7 @@ THROUGHPUT_RATIOS = [("overlay", "bare VXLAN"), ("overlay", "underlay"), ("direc
 
 def report_throughput(runs, mtus, offloads, args) -> list:
     print(f"\npod-to-pod TCP throughput, iperf3 -t {args.seconds} -O 1, one stream, client and server on CPU "
-          f"{CLIENT_CPU}, {args.rounds} rounds, Gbit/s")
+          f"{CPU}, {args.rounds} rounds, Gbit/s")
     print(f"  {'path':<14}{'MTU':>5}{'MSS':>6}   {'Gbit/s':<40}{'retransmits':>12}{'cpu client/server %':>22}")
     for name, figs in runs.items():
         cpu = [f["cpu"] for f in figs]
@@ -310,7 +317,7 @@ def report_throughput(runs, mtus, offloads, args) -> list:
                        THROUGHPUT_TARGETS.get((num, den))))
     notes = [
         "every path is veth pairs and bridges inside one machine, and client and server run on one core "
-        f"(CPU {CLIENT_CPU}, nice -20, so that other processes hardly take it from them): the sender's, both "
+        f"(CPU {CPU}, nice -20, so that other processes hardly take it from them): the sender's, both "
         "hosts' and the receiver's kernel work all happen on that core, so a figure is that core's "
         "throughput through the path, the inverse of the path's CPU cost per byte, not a NIC's bandwidth; "
         "on two cores, client and server apart reorder segments between the cores' backlogs (thousands "
