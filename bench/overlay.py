@@ -69,6 +69,7 @@ IPERF_PORT = 5201
 CPU = 1                      # iperf3 client and server, both
 NICE = ("nice", "-n", "-20")  # other processes hardly take that core from them
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CONTENDED = 0.2  # share of the machine's CPU taken by others that makes a part's figures suspect
 
 
 def sh(*cmd, check=True):
@@ -95,9 +96,14 @@ class CpuAccount:
         (t0, busy0, steal0, ours0), (t1, busy1, steal1, ours1) = self.start, self._sample()
         available = (t1 - t0) * os.cpu_count()
         ours, busy = ours1 - ours0, busy1 - busy0
-        return (f"cpu over {t1 - t0:.0f} s: {available:.0f} cpu-s on {os.cpu_count()} cores, busy {busy:.0f} "
-                f"({ours:.0f} this benchmark, {max(0.0, busy - ours):.0f} other processes and kernel threads), "
+        others = max(0.0, busy - ours)
+        line = (f"cpu over {t1 - t0:.0f} s: {available:.0f} cpu-s on {os.cpu_count()} cores, busy {busy:.0f} "
+                f"({ours:.0f} this benchmark, {others:.0f} other processes and kernel threads), "
                 f"stolen by the hypervisor {steal1 - steal0:.0f}")
+        if others + steal1 - steal0 > CONTENDED * available:
+            line += (f"\n  WARNING: others had {100 * (others + steal1 - steal0) / available:.0f}% of the machine: "
+                     "the times above measure that contention as much as the overlay")
+        return line
 
 
 def spread(values) -> str:
