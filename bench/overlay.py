@@ -327,7 +327,8 @@ def report_throughput(runs, mtus, offloads, args) -> list:
         "hosts' and the receiver's kernel work all happen on that core, so a figure is that core's "
         "throughput through the path, the inverse of the path's CPU cost per byte, not a NIC's bandwidth; "
         "on two cores, client and server apart reorder segments between the cores' backlogs (thousands "
-        "of retransmits) and measure the scheduler instead",
+        "of retransmits) and measure the scheduler instead; other work on the machine still slows that core "
+        "(shared caches and memory; real-time priority instead of nice made no difference), see the cpu line",
         "GSO/GRO: TCP hands 64 KiB segments down every path and veth passes them on unsegmented, also "
         "encapsulated (udp_tnl segmentation on veth), so the MTU sets the MSS but hardly the packet count",
         f"the bare VXLAN pair uses VNI {VNI + 1} (the overlay's is {VNI}; the kernel takes one device per VNI and "
