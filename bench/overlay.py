@@ -140,17 +140,8 @@ def start_hosts(lab: BenchLab, numbers) -> list[Host]:
         host.start(wait=False)
     for host in hosts:
         host.wait_ready()
-        add_pod(host)
+        host.add_pod()
     return hosts
-
-
-def add_pod(host: Host) -> None:
-    """The lab helper's pod, with the state file's MTU on the pod's side of
-    its veth too (the helper sets it on the host's side only, and a pod
-    sending 1500-byte frames into a 1450 path is not what the overlay
-    plugin makes)."""
-    host.add_pod()
-    sh("ip", "-n", host.pod, "link", "set", "eth0", "mtu", str(host.state()["mtu"]))
 
 
 def schedstat(procs) -> tuple[float, float]:
@@ -473,7 +464,7 @@ class Convergence:
         if self.joiner is None:
             self.joiner = self.lab.add_host(200)
             self.joiner.start()
-            add_pod(self.joiner)
+            self.joiner.add_pod()
             self.subnet, self.address = self.joiner.state()["subnet"], self.joiner.pod_address()
         else:
             self.joiner.start()

@@ -203,7 +203,7 @@ class Host:
         ip(self.ns, "link", "add", "cni0", "type", "bridge")
         ip(self.ns, "link", "set", "cni0", "mtu", str(state["mtu"]), "up")
         ip(self.ns, "link", "add", "veth0", "mtu", str(state["mtu"]), "type", "veth", "peer", "name", "eth0",
-           "netns", pod)
+           "mtu", str(state["mtu"]), "netns", pod)  # the peer's own mtu: the first one is the host side's only
         ip(self.ns, "link", "set", "veth0", "master", "cni0", "up")
         for key, family in (("subnet", "-4"), ("subnet6", "-6")):
             if not state.get(key):
