@@ -133,10 +133,14 @@ def _decode_field(kind: str, item) -> tuple[int, int]:
     return value, value
 
 
+def decode_key(spec: SetSpec, key) -> Key:
+    fields = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
+    return tuple(_decode_field(kind, f) for kind, f in zip(spec.key, fields))
+
+
 def decode_element(spec: SetSpec, item) -> tuple[Key, Value]:
     key, value = (item[0], item[1]) if spec.verdicts else (item, None)
-    fields = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
-    canonical_key = tuple(_decode_field(kind, f) for kind, f in zip(spec.key, fields))
+    canonical_key = decode_key(spec, key)
     if value is not None:
         (verdict, arg), = value.items()
         value = (verdict, arg["target"]) if isinstance(arg, dict) else (verdict,)

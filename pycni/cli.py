@@ -17,6 +17,8 @@ A CNI runtime in Python.
   pycni status NETNAME             run STATUS on every plugin of NETNAME
   pycni install --bin-dir DIR      write the pycni plugin executables to DIR
   pycni lab up|down|status|exec    network namespace labs from a YAML file
+  pycni policy apply|explain|status
+                                   Kubernetes NetworkPolicy on this node (`pycni policy -h`)
 
 Like cnitool, add/check/del read these environment variables:
   NETCONFPATH   directory of *.conf/*.conflist/*.json (default /etc/cni/net.d)
@@ -135,6 +137,12 @@ def cmd_lab(args) -> int:
     return lab.run_cli(args)
 
 
+def cmd_policy(args) -> int:
+    from netpolicy import command
+
+    return command.run(args)
+
+
 def cmd_agent(args) -> int:
     from . import agent
 
@@ -177,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "$PYCNI_AGENT_SOCKET)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every request served")
     s.set_defaults(func=cmd_agent)
+    s = sub.add_parser("policy", help="apply, explain and observe network policies on this node")
+    from netpolicy import command as policy_command  # argparse only: no heavy import
+
+    policy_command.add_arguments(s)
+    s.set_defaults(func=cmd_policy)
     s = sub.add_parser("lab", help="build a lab of hosts and pods in network namespaces from a YAML file",
                        description="Hosts are network namespaces standing for nodes; pods are network "
                                    "namespaces attached through the CNI plugins, which run inside their "

@@ -14,6 +14,7 @@ PLUGINS = {
     "tuning": "cni_plugins.tuning",
     "bandwidth": "cni_plugins.bandwidth",
     "dnsname": "cni_plugins.dnsname.plugin",
+    "netpolicy": "cni_plugins.netpolicy",
 }
 
 
