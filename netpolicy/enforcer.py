@@ -139,9 +139,13 @@ class PolicyController:
             others = self._sources_inputs()
             self._other_endpoints = {e.key: e for e in others.endpoints}
             delta = self.compiler.load(merge([others, self.registry.list()]))
+            listing = resync or not self.enforcer.synced
             if resync:
                 self.enforcer.synced = False
-            return self.enforcer.apply_delta(delta, self.compiler.tables())
+            commands = self.enforcer.apply_delta(delta, self.compiler.tables())
+            if listing:  # a restart with unchanged inputs says 0
+                log.info("netpolicy: %s: %d change(s)", "resync" if resync else "first sync", len(commands))
+            return commands
 
     # --- the CNI plugin's calls (service.py) ------------------------------------------
     def _apply_pods(self, pods: list[str]) -> list[dict]:
