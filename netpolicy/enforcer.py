@@ -33,6 +33,7 @@ from .nft import Kernel, NftError, enable_bridged_filtering
 from .parse import PolicyError
 from .ruleset import SetSpec, Table, transaction
 from .sources import Attachment, EndpointRegistry, Source, merge
+from .store import StorePublisher
 
 FAMILIES = ("inet", "bridge")
 log = logging.getLogger("pycni.netpolicy")
@@ -100,10 +101,18 @@ class PolicyController:
     """The network-policy reconciler of one node."""
 
     def __init__(self, node: str, sources: list[Source] = (), registry_dir: str | None = None,
-                 enforcer: Enforcer | None = None):
+                 enforcer: Enforcer | None = None, store=None):
+        """``store``: the cluster's (store.py): a source, and where this
+        node's registrations are published for the others."""
         self.node = node
-        self.registry = EndpointRegistry(registry_dir)
-        self.sources: list[Source] = list(sources)
+        self.publisher = StorePublisher(store, node) if store is not None else None
+        self.registry = EndpointRegistry(registry_dir, on_change=self.publisher)
+        self.sources: list[Source] = [*sources, *([store] if store is not None else [])]
+        if self.publisher is not None:
+            try:
+                self.publisher.sync(self.registry.registrations())
+            except OSError as e:  # the store is out of reach: registrations are published as they come
+                log.warning("netpolicy: cannot list this node's entries in the store: %s", e)
         self.enforcer = enforcer or Enforcer()
         self.compiler = IncrementalCompiler(node)
         self.errors: dict[int, PolicyError] = {}
@@ -173,6 +182,10 @@ class PolicyController:
 
     def registered(self, attachment: Attachment) -> Endpoint | None:
         return self.registry.registered(attachment)
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.stop()
 
     # --- the agent's loop -------------------------------------------------------------
     def run(self, stop: threading.Event, interval: float = 0.2, resync_every: float = 300.0,

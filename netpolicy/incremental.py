@@ -26,9 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .compiler import (DIRECTIONS, TABLE, Fragment, GroupDef, RuleRef, base_tables, class_chain,
-                       class_name, deny_chain, endpoint_fragments, group_of, group_set, isolated_set,
+                       class_name, deny_chain, group_of, group_set, isolated_set,
                        named_port_variants, namespace_labeller, pod_elements, pods_map, policy_counters,
-                       profile_chain, rule_refs, variant_group)
+                       profile_chain, rule_fragments, rule_refs, variant_group)
 from .addresses import parse_address
 from .model import Endpoint, Inputs, Namespace, Policy
 from .ruleset import Chain, SetSpec, Table, transaction
@@ -87,6 +87,7 @@ class IncrementalCompiler:
         self._declared_labels: dict[str, dict] = {}
         self.namespace_labels = namespace_labeller(self._declared_labels)
         self._in_namespace: dict[str, dict[str, Endpoint]] = {}
+        self._labelled: dict[tuple[str, str, str], set[str]] = {}   # (namespace, key, value) -> pods
         self._policy_index: dict[str, SelectorIndex] = {}
         self._peer_index = PeerIndex(self.namespace_labels)
         self._named: dict[tuple[str, str], dict[int, set[str]]] = {}      # (name, protocol) -> number -> pods
@@ -100,6 +101,7 @@ class IncrementalCompiler:
         self.profiles: dict[str, _Profile] = {}
         self.classes: dict[str, _Class] = {}
         self._match_cache: dict = {}
+        self._unnamed: dict[tuple[str, str], list] = {}   # (policy, direction) -> per rule: its fragments, None if it names ports
         self._dirty: set[str] = set()
         self._counters: dict[str, dict[str, str]] = {}   # policy -> its counters in the table
         self._dirty_policies: set[str] = set()
@@ -155,12 +157,19 @@ class IncrementalCompiler:
             del self._in_namespace[old.namespace][key]
             if not self._in_namespace[old.namespace]:
                 del self._in_namespace[old.namespace]
+            for label in old.labels.items():
+                pods = self._labelled[(old.namespace, *label)]
+                pods.discard(key)
+                if not pods:
+                    del self._labelled[(old.namespace, *label)]
             del self.endpoints[key]
             for port in old.ports:
                 self._number_gone(port.name, port.protocol, port.port, key)
         if endpoint is not None:
             self.endpoints[key] = endpoint
             self._in_namespace.setdefault(endpoint.namespace, {})[key] = endpoint
+            for label in endpoint.labels.items():
+                self._labelled.setdefault((endpoint.namespace, *label), set()).add(key)
             for port in endpoint.ports:
                 self._number_seen(port.name, port.protocol, port.port, key)
             self._join(endpoint)
@@ -170,6 +179,8 @@ class IncrementalCompiler:
         old = self.policies.get(key)
         if old == policy:
             return
+        for direction in DIRECTIONS:
+            self._unnamed.pop((key, direction), None)
         if old is not None:
             self._dirty.update(self._selected(old))
             del self.policies[key]
@@ -207,8 +218,10 @@ class IncrementalCompiler:
         or namespace changes: a bulk load asks the same many times)."""
         key = (namespace, selector)
         if key not in self._match_cache:
-            self._match_cache[key] = [e for e in self._in_namespace.get(namespace, {}).values()
-                                      if selector.matches(e.labels)]
+            pods = self._in_namespace.get(namespace, {})
+            label = next(iter(selector.match_labels), None)
+            candidates = (pods[k] for k in self._labelled.get((namespace, *label), ())) if label else pods.values()
+            self._match_cache[key] = [e for e in candidates if selector.matches(e.labels)]
         return self._match_cache[key]
 
     def _selecting(self, endpoint: Endpoint, direction: str) -> list[Policy]:
@@ -235,11 +248,9 @@ class IncrementalCompiler:
         else:
             for peer in definition.selectors:
                 self._peer_index.add(definition.name, peer)
-        for endpoint in self._candidates(definition):
-            addresses = definition.members(endpoint, self.namespace_labels)
-            if addresses:
-                self._member_of.setdefault(endpoint.key, {})[definition.name] = addresses
-                self._add_members(group, endpoint.key, addresses)
+        for key, addresses in self._initial_members(definition).items():
+            self._member_of.setdefault(key, {})[definition.name] = addresses
+            self._add_members(group, key, addresses)
 
     def _unwant(self, definition: GroupDef, ref: RuleRef) -> None:
         group = self.groups[definition.name]
@@ -247,21 +258,26 @@ class IncrementalCompiler:
         if not group.wanted:
             self._unreferenced.add(("group", definition.name))   # dropped at commit if no class uses it
 
-    def _candidates(self, definition: GroupDef):
-        """The pods that may be members of a new group."""
-        if definition.variant:
+    def _initial_members(self, definition: GroupDef) -> dict[str, tuple[str, ...]]:
+        """The pods in a new group: pod -> the addresses it puts there."""
+        if definition.variant:  # among the pods with that port number...
             keys = self._named.get(definition.variant[:2], {}).get(definition.variant[2], set())
-            base = self.groups.get(GroupDef(definition.selectors, definition.blocks).name)
-            if base is not None and not definition.blocks:  # the pods of the rule's own group having that port
-                keys = keys & base.pods
-            return [self.endpoints[k] for k in sorted(keys)]
+            if not definition.selectors and not definition.blocks:
+                return {k: self.endpoints[k].addresses for k in keys}
+            # ...those in the rule's own group (its selectors), and the addresses in its blocks
+            base = self.groups[GroupDef(definition.selectors, definition.blocks).name]
+            found = {k: self.endpoints[k].addresses for k in keys & base.pods}
+            for k in keys - base.pods if definition.blocks else ():
+                if inside := tuple(a for a in self.endpoints[k].addresses if a in definition.static):
+                    found[k] = inside
+            return found
         found = {}
         for peer in definition.selectors:
             namespaces = [peer.namespace] if peer.namespace is not None else [
                 ns for ns in self._in_namespace if peer.namespace_selector.matches(self.namespace_labels(ns))]
             for ns in namespaces:
-                found.update((e.key, e) for e in self._pods_matching(ns, peer.pod_selector))
-        return list(found.values())
+                found.update((e.key, e.addresses) for e in self._pods_matching(ns, peer.pod_selector))
+        return found
 
     def _drop_group(self, name: str) -> None:
         group = self.groups.pop(name)
@@ -385,7 +401,7 @@ class IncrementalCompiler:
             if endpoint is not None and endpoint.node == self.node:
                 policies = self._selecting(endpoint, direction)
                 if policies:
-                    fragments = endpoint_fragments(endpoint, direction, policies, self)
+                    fragments = self._fragments(endpoint, direction, policies)
                     new = {a: self._profile(direction, parse_address(a)[0], fragments) for a in endpoint.addresses}
             if new:
                 self._isolation[(key, direction)] = new
@@ -398,6 +414,24 @@ class IncrementalCompiler:
                 if address not in new:
                     self._pod(direction, address, key, None)
                 self._release("profile", profile)
+
+    def _fragments(self, endpoint: Endpoint, direction: str, policies: list[Policy]) -> tuple[Fragment, ...]:
+        """endpoint_fragments, with what rules naming no port allow
+        remembered per policy: the same for every pod it selects."""
+        out = []
+        for policy in policies:
+            cached = self._unnamed.get((policy.key, direction))
+            if cached is None:
+                cached = self._unnamed[(policy.key, direction)] = [
+                    None if any(isinstance(p.port, str) for p in rule.ports)
+                    else rule_fragments(RuleRef(policy.key, direction, i), policy, rule, endpoint, self)
+                    for i, rule in enumerate(policy.rules(direction))]
+            for i, fragments in enumerate(cached):
+                if fragments is None:
+                    fragments = rule_fragments(RuleRef(policy.key, direction, i), policy, policy.rules(direction)[i],
+                                               endpoint, self)
+                out.extend(fragments)
+        return tuple(out)
 
     def _pod(self, direction: str, address: str, key: str, profile: str | None) -> None:
         """One pod's profile for one of its addresses; two pods claiming an

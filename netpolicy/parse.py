@@ -473,8 +473,8 @@ def load_text(text: str, origin: str = "") -> list:
     """YAML (one or more documents) or JSON -> model objects."""
     import yaml
 
-    try:
-        documents = list(yaml.safe_load_all(text))
+    try:  # libyaml's loader when there is one: ten times faster on thousands of objects
+        documents = list(yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
     except yaml.YAMLError as e:
         raise PolicyError(origin, [f"not YAML or JSON: {e}"]) from None
     return parse_objects(documents, origin)

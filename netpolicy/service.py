@@ -64,13 +64,14 @@ class PolicyService:
 
     @classmethod
     def for_node(cls, node: str, state_dir: str, policy_dirs=(), socket_name: str = DEFAULT_SOCKET,
-                 sources=()) -> PolicyService:
+                 store=None) -> PolicyService:
         """The service as the node agent runs it: NetworkPolicy, Namespace
-        and Pod objects from ``policy_dirs`` (and any other ``sources``, e.g.
-        the cluster store), registrations kept under
-        ``<state_dir>/netpolicy/endpoints``."""
-        controller = PolicyController(node, [*(DirectorySource(d) for d in policy_dirs), *sources],
-                                      registry_dir=os.path.join(state_dir, "netpolicy", "endpoints"))
+        and Pod objects from ``policy_dirs``, registrations kept under
+        ``<state_dir>/netpolicy/endpoints``; with ``store`` (store.py's
+        open_store of the overlay's store) the cluster's objects and every
+        node's registrations too, and this node's published there."""
+        controller = PolicyController(node, [DirectorySource(d) for d in policy_dirs],
+                                      registry_dir=os.path.join(state_dir, "netpolicy", "endpoints"), store=store)
         return cls(controller, socket_name)
 
     def start(self, timeout: float = 600.0) -> None:
@@ -100,6 +101,7 @@ class PolicyService:
             self._sock.close()
         for t in self._threads:
             t.join()
+        self.controller.close()
 
     def _serve(self) -> None:
         while not self._stop.is_set():

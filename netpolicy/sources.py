@@ -140,7 +140,7 @@ class Attachment:
             raise PolicyError("attachment", [f"{record!r}: needs network, containerID and ifname"]) from None
 
 
-def _merged(endpoints: list[Endpoint]) -> Endpoint:
+def merged_endpoint(endpoints: list[Endpoint]) -> Endpoint:
     """One pod registered by several attachments: all its addresses and
     named ports (labels are the pod's: the last registration's)."""
     if len(endpoints) == 1:
@@ -160,9 +160,11 @@ class EndpointRegistry:
     atomically, not synced: they matter for a controller restart, and a
     machine restart takes the pods with it."""
 
-    def __init__(self, directory: str | None = None):
+    def __init__(self, directory: str | None = None,
+                 on_change: Callable[[Attachment, Endpoint | None], None] | None = None):
         self._lock = threading.RLock()
         self._directory = directory
+        self.on_change = on_change   # told every registration and removal (the cluster store's publisher)
         self._attachments: dict[str, tuple[Attachment, Endpoint]] = {}
         self._by_pod: dict[str, dict[str, Endpoint]] = {}   # namespace/name -> attachment key -> endpoint
         if directory:
@@ -206,7 +208,9 @@ class EndpointRegistry:
                 os.replace(tmp, path)
             before = self._attachments.get(attachment.key)
             self._remember(attachment, endpoint)
-            return list(dict.fromkeys([endpoint.key] + ([before[1].key] if before else [])))
+        if self.on_change:
+            self.on_change(attachment, endpoint)
+        return list(dict.fromkeys([endpoint.key] + ([before[1].key] if before else [])))
 
     def remove(self, attachment: Attachment) -> list[str]:
         """DEL; returns the pods whose endpoint changed (none if unknown)."""
@@ -217,7 +221,9 @@ class EndpointRegistry:
                 except FileNotFoundError:
                     pass
             pod = self._forget(attachment)
-            return [pod] if pod else []
+        if pod and self.on_change:
+            self.on_change(attachment, None)
+        return [pod] if pod else []
 
     def retain(self, network: str, keep) -> list[str]:
         """GC of one network: forget its attachments not in ``keep``
@@ -228,6 +234,11 @@ class EndpointRegistry:
                     if a.network == network and (a.container_id, a.ifname) not in keep]
             return list(dict.fromkeys(pod for a in gone for pod in self.remove(a)))
 
+    def registrations(self) -> dict[str, tuple[Attachment, Endpoint]]:
+        """Attachment key -> (attachment, endpoint), all of them."""
+        with self._lock:
+            return dict(self._attachments)
+
     def registered(self, attachment: Attachment) -> Endpoint | None:
         with self._lock:
             found = self._attachments.get(attachment.key)
@@ -237,11 +248,11 @@ class EndpointRegistry:
         """The pod's endpoint as its registrations make it, or None."""
         with self._lock:
             found = self._by_pod.get(pod)
-            return _merged([found[k] for k in sorted(found)]) if found else None
+            return merged_endpoint([found[k] for k in sorted(found)]) if found else None
 
     def list(self) -> Inputs:
         with self._lock:
-            return Inputs(endpoints=tuple(_merged([found[k] for k in sorted(found)])
+            return Inputs(endpoints=tuple(merged_endpoint([found[k] for k in sorted(found)])
                                           for _, found in sorted(self._by_pod.items())))
 
     def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
