@@ -4,8 +4,12 @@ node agent does continuously.
 PATH (``-f``, repeatable): a YAML/JSON file or a directory of them holding
 NetworkPolicy, Namespace and Pod objects.  The pods the netpolicy CNI
 plugin registered on this node (under ``--state-dir``) count too, as the
-agent counts them.  Exit status: 0; 2 for an invalid object (nothing is
-changed); 1 for a kernel error; ``explain`` 3 when the flow is denied.
+agent counts them, and with ``--store`` (the overlay's: ``file:PATH`` or
+``etcd:URL[,URL...]``) the cluster's objects and every node's pods;
+``apply --store`` makes the cluster's objects those of PATH instead of
+applying them here (every node's agent then enforces them).  Exit status:
+0; 2 for an invalid object (nothing is changed); 1 for a kernel or store
+error; ``explain`` 3 when the flow is denied.
 
 This module is imported to build the command line: it imports nothing
 heavy until a command runs.
@@ -22,6 +26,8 @@ DESCRIPTION = """\
 Kubernetes NetworkPolicy enforced with nftables on this node (see netpolicy/README.md).
 
   pycni policy apply -f PATH...     validate, compile and apply in one transaction
+  pycni policy apply -f PATH... --store file:DIR|etcd:URL[,URL]
+                                    make them the cluster's (every node's agent enforces them)
   pycni policy explain SRC DST PORT[/PROTO] -f PATH...
                                     which policies and rules allow or deny that flow
                                     (SRC, DST: NAMESPACE/NAME of a pod, or an address)
@@ -43,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--state-dir", default=os.environ.get("PYCNI_STATE_DIR") or "/var/lib/pycni",
                        help="where the CNI plugin's registrations are (default $PYCNI_STATE_DIR or /var/lib/pycni)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--store", metavar="file:PATH|etcd:URL[,URL...]",
+                       help="the cluster store (the overlay's), holding objects and every node's pods")
+        p.add_argument("--store-prefix", default="/pycni/overlay/default", help="etcd key prefix (the overlay's)")
     apply = sub.choices["apply"]
     apply.add_argument("--node", default=socket.gethostname(),
                        help="this node's name: pods on it are enforced here (default: the host name)")
@@ -58,12 +67,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="an address of a node, so that its own pods' traffic with it is allowed")
 
 
+def _store(args):
+    from .store import open_store
+
+    kind, _, where = args.store.partition(":")
+    return open_store(kind, path=where, endpoints=where.split(","), prefix=args.store_prefix)
+
+
 def _inputs(args):
     from .sources import DirectorySource, EndpointRegistry, merge
 
     registrations = os.path.join(args.state_dir, "netpolicy", "endpoints")
     registry = EndpointRegistry(registrations) if os.path.isdir(registrations) else EndpointRegistry()
-    return merge([*(DirectorySource(p).list() for p in args.filename), registry.list()])
+    cluster = [_store(args).list()] if args.store else []
+    return merge([*(DirectorySource(p).list() for p in args.filename), *cluster, registry.list()])
+
+
+def _publish(args) -> int:
+    """Validate PATH's objects, then make them the store's."""
+    from .parse import load_documents, parse_objects
+    from .sources import DirectorySource, inputs_of
+
+    documents = []
+    for path in args.filename:
+        for name in DirectorySource(path).files():
+            with open(name) as f:
+                found = load_documents(f.read(), name)
+            parse_objects(found, name)
+            documents += [item for d in found for item in (d.get("items") or [] if d.get("kind", "").endswith("List")
+                                                           else [d])]
+    inputs_of(parse_objects(documents))   # the same object twice is refused too
+    if not args.dry_run:
+        _store(args).replace_objects(documents)
+    print(json.dumps(documents) if args.json else f"{len(documents)} object(s) in the cluster store")
+    return 0
 
 
 def _node_addresses(items) -> dict[str, list[str]]:
@@ -87,6 +124,8 @@ def _apply(args) -> int:
     from .enforcer import Enforcer
     from .incremental import IncrementalCompiler
 
+    if args.store:
+        return _publish(args)
     inputs = _inputs(args)
     if not args.dry_run and not args.force and _controller_answers(args.socket):
         print(f"pycni policy: the node agent's controller enforces policy here (@{args.socket}): put the files "

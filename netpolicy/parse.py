@@ -469,13 +469,17 @@ def parse_objects(objects, origin: str = "") -> list:
     return parsed
 
 
-def load_text(text: str, origin: str = "") -> list:
-    """YAML (one or more documents) or JSON -> model objects."""
+def load_documents(text: str, origin: str = "") -> list:
+    """YAML (one or more documents) or JSON -> the decoded documents."""
     import yaml
 
     try:  # libyaml's loader when there is one: ten times faster on thousands of objects
-        documents = list(yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+        return [d for d in yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d is not None]
     except yaml.YAMLError as e:
         raise PolicyError(origin, [f"not YAML or JSON: {e}"]) from None
-    return parse_objects(documents, origin)
+
+
+def load_text(text: str, origin: str = "") -> list:
+    """YAML (one or more documents) or JSON -> model objects."""
+    return parse_objects(load_documents(text, origin), origin)
 

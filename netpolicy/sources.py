@@ -68,7 +68,7 @@ class DirectorySource:
         self.interval = interval
         self._parsed: dict[str, tuple[tuple, list]] = {}   # path -> (identity, objects): unchanged files are not parsed again
 
-    def _files(self) -> list[str]:
+    def files(self) -> list[str]:
         # A missing directory is an error, not "no policies": an unmounted
         # volume must not lift every pod's isolation.
         if not os.path.exists(self.path):
@@ -83,7 +83,7 @@ class DirectorySource:
 
     def list(self) -> Inputs:
         objects, parsed = [], {}
-        for path in self._files():
+        for path in self.files():
             with open(path) as f:
                 st = os.fstat(f.fileno())
                 identity = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -98,7 +98,7 @@ class DirectorySource:
         if not os.path.exists(self.path):
             return None
         prints = []
-        for path in self._files():
+        for path in self.files():
             try:
                 st = os.stat(path)
             except FileNotFoundError:

@@ -99,7 +99,7 @@ class FileStore:
     def _fingerprint(self) -> list:
         """What changes when any entry does: object files' times and sizes,
         and the endpoint directories' times (records are renamed in)."""
-        prints = [(path, st.st_mtime_ns, st.st_size) for path in self._objects._files()
+        prints = [(path, st.st_mtime_ns, st.st_size) for path in self._objects.files()
                   for st in [os.stat(path)]]
         for directory in [self.endpoints_dir, *(self._node_dir(n) for n in sorted(os.listdir(self.endpoints_dir)))]:
             try:
