@@ -471,6 +471,14 @@ def parse_objects(objects, origin: str = "") -> list:
 
 def load_documents(text: str, origin: str = "") -> list:
     """YAML (one or more documents) or JSON -> the decoded documents."""
+    if text.lstrip()[:1] in ("{", "["):  # JSON (`kubectl get -o json`): its own parser is six times faster
+        import json
+
+        try:
+            found = json.loads(text)
+            return [found]
+        except ValueError:
+            pass  # YAML after all (flow style), or broken: YAML says which
     import yaml
 
     try:  # libyaml's loader when there is one: ten times faster on thousands of objects

@@ -107,12 +107,19 @@ class DirectorySource:
         return prints
 
     def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
-        last = self._fingerprint()
-        while not stop.wait(self.interval):
-            now = self._fingerprint()
-            if now != last:
-                last = now
-                changed()
+        poll(self._fingerprint, changed, stop, self.interval)
+
+
+def poll(fingerprint: Callable[[], object], changed: Callable[[], None], stop: threading.Event,
+         interval: float) -> None:
+    """Call ``changed()`` whenever ``fingerprint()`` answers differently,
+    looking every ``interval`` seconds until ``stop`` is set."""
+    last = fingerprint()
+    while not stop.wait(interval):
+        now = fingerprint()
+        if now != last:
+            last = now
+            changed()
 
 
 @dataclass(frozen=True)

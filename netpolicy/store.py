@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from .model import Endpoint, Inputs
 from .parse import PolicyError, endpoint_record, parse_endpoint, parse_objects
-from .sources import Attachment, DirectorySource, inputs_of, merge, merged_endpoint
+from .sources import Attachment, DirectorySource, inputs_of, merge, merged_endpoint, poll
 
 log = logging.getLogger("pycni.netpolicy")
 OBJECT_KINDS = {"NetworkPolicy": "networkpolicies", "Namespace": "namespaces", "Pod": "pods"}
@@ -47,6 +47,14 @@ def attachment_digest(attachment: Attachment) -> str:
 
 def _record(attachment: Attachment, endpoint: Endpoint) -> dict:
     return {"attachment": attachment.record(), "endpoint": endpoint_record(endpoint)}
+
+
+def _attachment_in(text) -> Attachment | None:
+    """The attachment of a registration record (None if it is not one)."""
+    try:
+        return Attachment.from_record(json.loads(text).get("attachment") or {})
+    except (ValueError, PolicyError, AttributeError):
+        return None
 
 
 def _endpoints(records: Iterable[tuple[str, dict]]) -> Inputs:
@@ -109,12 +117,7 @@ class FileStore:
         return prints
 
     def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
-        last = self._fingerprint()
-        while not stop.wait(self.interval):
-            now = self._fingerprint()
-            if now != last:
-                last = now
-                changed()
+        poll(self._fingerprint, changed, stop, self.interval)
 
     # --- a node's registrations -----------------------------------------------------
     def publish(self, node: str, attachment: Attachment, endpoint: Endpoint | None) -> None:
@@ -138,10 +141,11 @@ class FileStore:
             if owner == node:
                 try:
                     with open(path) as f:
-                        attachment = Attachment.from_record(json.load(f).get("attachment") or {})
-                except (OSError, ValueError, PolicyError):
+                        attachment = _attachment_in(f.read())
+                except OSError:
                     continue
-                found[attachment.key] = attachment
+                if attachment is not None:
+                    found[attachment.key] = attachment
         return found
 
     # --- objects ------------------------------------------------------------------------
@@ -236,14 +240,9 @@ class EtcdStore:
             self._call(lambda c: c.put(key, json.dumps(_record(attachment, endpoint))))
 
     def published(self, node: str) -> dict[str, Attachment]:
-        found = {}
-        for value, _ in self._call(lambda c: c.get_prefix(f"{self.root}endpoints/{node}/")):
-            try:
-                attachment = Attachment.from_record(json.loads(value).get("attachment") or {})
-            except (ValueError, PolicyError, AttributeError):
-                continue
-            found[attachment.key] = attachment
-        return found
+        found = (_attachment_in(value) for value, _ in self._call(
+            lambda c: c.get_prefix(f"{self.root}endpoints/{node}/")))
+        return {a.key: a for a in found if a is not None}
 
     def replace_objects(self, objects: list[dict]) -> None:
         wanted = {}
