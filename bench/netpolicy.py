@@ -344,7 +344,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5, help="compile+apply runs")
     parser.add_argument("--iterations", type=int, default=15, help="ADDs of each kind")
     parser.add_argument("--throughput-rules", type=int, default=10000)
-    parser.add_argument("--throughput-runs", type=int, default=3)
+    parser.add_argument("--throughput-runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=4, help="per iperf3 run")
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="pycni-bench-netpolicy-")
