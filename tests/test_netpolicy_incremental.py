@@ -148,3 +148,21 @@ def test_a_peer_giving_a_named_port_a_new_number_widens_the_egress_of_other_pods
         inputs = inputs_of(parse_objects(objects))
         engine.load(inputs)
         assert canonical(engine.tables()) == canonical(compile_tables(inputs, NODE))
+
+
+def test_a_build_from_nothing_comes_in_batches_with_the_hooked_chains_last():
+    from netpolicy import enforcer
+
+    cluster = Cluster(11)
+    commands = IncrementalCompiler(NODE).load(cluster.inputs()).commands()
+    size, enforcer.BUILD_CHUNK = enforcer.BUILD_CHUNK, 7
+    try:
+        batches = enforcer.staged(commands)
+    finally:
+        enforcer.BUILD_CHUNK = size
+    assert sorted(map(json.dumps, commands)) == sorted(json.dumps(c) for b in batches for c in b)
+    assert len(batches) > 2 and all(len(b) <= 7 for b in batches[:-1])
+    hooked = [c for c in commands if "hook" in c.get("add", {}).get("chain", {})]
+    assert hooked and all(c in batches[-1] for c in hooked)
+    assert not any("hook" in c.get("add", {}).get("chain", {}) for b in batches[:-1] for c in b)
+    assert {c["add"]["rule"]["chain"] for c in batches[-1] if "rule" in c.get("add", {})} == {"forward", "guard"}
