@@ -17,6 +17,7 @@ registration is compiled and applied before `register` returns.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -172,7 +173,8 @@ class PolicyController:
         with self._lock:
             others = self._sources_inputs()
             self._other_endpoints = {e.key: e for e in others.endpoints}
-            delta = self.compiler.load(merge([others, self.registry.list()]))
+            with self._compiling():
+                delta = self.compiler.load(merge([others, self.registry.list()]))
             listing = resync or not self.enforcer.synced
             if resync:
                 self.enforcer.synced = False
@@ -181,12 +183,28 @@ class PolicyController:
                 log.info("netpolicy: %s: %d change(s)", "resync" if resync else "first sync", len(commands))
             return commands
 
+    @contextlib.contextmanager
+    def _compiling(self):
+        """A compiler that failed half-way (a bug) is not trusted again:
+        the next reconcile starts a new one from all inputs and lists the
+        kernel."""
+        try:
+            yield
+        except Exception:
+            self.compiler = IncrementalCompiler(self.node)
+            self.enforcer.synced = False
+            raise
+
     # --- the CNI plugin's calls (service.py) ------------------------------------------
     def _apply_pods(self, pods: list[str]) -> list[dict]:
         """Recompile the pods whose registrations changed and apply that."""
-        for pod in pods:
-            self.compiler.set_endpoint(pod, self.registry.endpoint(pod) or self._other_endpoints.get(pod))
-        return self.enforcer.apply_delta(self.compiler.commit(), self.compiler.tables())
+        with self._compiling():
+            for pod in pods:
+                self.compiler.set_endpoint(pod, self.registry.endpoint(pod) or self._other_endpoints.get(pod))
+            delta = self.compiler.commit()
+        if not self.enforcer.synced:  # after a failure: everything again, from all inputs
+            delta = self.compiler.load(merge([merge(list(self._good.values())), self.registry.list()]))
+        return self.enforcer.apply_delta(delta, self.compiler.tables())
 
     def register(self, attachment: Attachment, endpoint: Endpoint) -> list[dict]:
         """ADD: the endpoint is this node's; its rules are in the kernel when

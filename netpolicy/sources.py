@@ -177,7 +177,9 @@ class EndpointRegistry:
         if directory:
             os.makedirs(directory, exist_ok=True)
             for name in sorted(os.listdir(directory)):
-                if name.endswith(".json"):
+                if name.endswith(".tmp"):  # a write a crash interrupted
+                    os.unlink(os.path.join(directory, name))
+                elif name.endswith(".json"):
                     path = os.path.join(directory, name)
                     with open(path) as f:
                         record = json.load(f)
