@@ -28,7 +28,8 @@ from typing import Mapping
 from cni_plugins.kernel.nft import locked
 
 from .compiler import TABLE
-from .incremental import Delta, IncrementalCompiler
+from .incremental import IncrementalCompiler
+from .journal import Delta
 from .model import Endpoint, Inputs
 from .nft import Kernel, NftError, enable_bridged_filtering
 from .parse import PolicyError

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .compiler import (DIRECTIONS, TABLE, Fragment, GroupDef, RuleRef, base_tables, class_chain,
-                       class_name, deny_chain, group_of, group_set, isolated_set,
-                       named_port_variants, namespace_labeller, pod_elements, pods_map, policy_counters,
-                       profile_chain, rule_fragments, rule_refs, variant_group)
 from .addresses import parse_address
+from .compiler import (DIRECTIONS, Fragment, GroupDef, RuleRef, class_chain, class_name, deny_chain,
+                       group_of, group_set, isolated_set, named_port_variants, namespace_labeller, pod_elements,
+                       pods_map, policy_counters, profile_chain, rule_fragments, rule_refs, variant_group)
+from .journal import ABSENT, Delta, JournalledTables
 from .model import Endpoint, Inputs, Namespace, Policy
-from .ruleset import Chain, SetSpec, Table, transaction
+from .ruleset import Chain, Table
 from .selectors import PeerIndex, SelectorIndex
-
-ABSENT = object()
 
 
 @dataclass
@@ -66,18 +64,6 @@ class _Class:
     live: bool = False
 
 
-class Delta:
-    """What one commit changed: per family, the touched objects before and
-    after (None: the table is absent)."""
-
-    def __init__(self, before: dict[str, Table | None], after: dict[str, Table | None]):
-        self.before, self.after = before, after
-
-    def commands(self) -> list[dict]:
-        """The transaction making that change."""
-        return [c for f in ("inet", "bridge") for c in transaction(self.before.get(f), self.after.get(f))]
-
-
 class IncrementalCompiler:
     def __init__(self, node: str):
         self.node = node
@@ -107,9 +93,7 @@ class IncrementalCompiler:
         self._dirty_policies: set[str] = set()
         self._dirty_intervals: set[str] = set()
         self._unreferenced: set[tuple[str, object]] = set()   # ("profile"|"class"|"group", name), ("set", (group, version))
-        self.inet: Table | None = None
-        self.bridge: Table | None = None
-        self._reset_journal()
+        self.out = JournalledTables()
 
     # --- inputs ---------------------------------------------------------------------------
     def load(self, inputs: Inputs) -> Delta:
@@ -129,7 +113,7 @@ class IncrementalCompiler:
 
     def tables(self) -> list[Table]:
         """The tables as compiled now ([] when there is no policy)."""
-        return [self.inet, self.bridge] if self.inet is not None else []
+        return self.out.tables()
 
     def set_namespace(self, name: str, namespace: Namespace | None) -> None:
         old = self.namespace_labels(name)
@@ -345,7 +329,7 @@ class IncrementalCompiler:
         if group.definition.interval:  # ranges merge: recomputed once at commit
             self._dirty_intervals.add(group.definition.name)
             return
-        self._element(self.inet, group_set(group.definition.name, version), ((number, number),), value)
+        self.out.element("inet", group_set(group.definition.name, version), ((number, number),), value)
 
     def _variant_flipped(self, group: _Group) -> None:
         """A variant group turned empty or not: the egress fragments of the
@@ -377,8 +361,8 @@ class IncrementalCompiler:
     def commit(self) -> Delta:
         """Compute the profiles of the pods changes touched, drop what is no
         longer referenced, and return what changed since the last commit."""
-        if self.policies and self.inet is None:
-            self.inet, self.bridge = base_tables()
+        if self.policies and not self.out.exists:
+            self.out.create()
         dirty, self._dirty = sorted(self._dirty), set()
         for key in dirty:
             self._isolate(key)
@@ -389,9 +373,9 @@ class IncrementalCompiler:
         for name in sorted(self._dirty_intervals):
             self._refresh_interval_group(name)
         self._dirty_intervals.clear()
-        if not self.policies and self.inet is not None:
-            self.inet = self.bridge = None
-        return self._take_delta()
+        if not self.policies and self.out.exists:
+            self.out.drop()
+        return self.out.take()
 
     def _isolate(self, key: str) -> None:
         endpoint = self.endpoints.get(key)
@@ -443,12 +427,12 @@ class IncrementalCompiler:
         else:
             owners[key] = profile
         if owners:
-            self._element(self.inet, pods_map(direction, version), element, ("goto", owners[max(owners)]))
-            self._element(self.bridge, isolated_set(direction, version), element, None)
+            self.out.element("inet", pods_map(direction, version), element, ("goto", owners[max(owners)]))
+            self.out.element("bridge", isolated_set(direction, version), element, None)
         else:
             del self._owners[(direction, version, element)]
-            self._element(self.inet, pods_map(direction, version), element, ABSENT)
-            self._element(self.bridge, isolated_set(direction, version), element, ABSENT)
+            self.out.element("inet", pods_map(direction, version), element, ABSENT)
+            self.out.element("bridge", isolated_set(direction, version), element, ABSENT)
 
     def _profile(self, direction: str, version: int, fragments: tuple[Fragment, ...]) -> str:
         key = (direction, version, fragments)  # no fragment at all: a profile per direction
@@ -481,7 +465,7 @@ class IncrementalCompiler:
         if profile.live:
             return
         profile.live = True
-        self._chain(name, profile.chain)
+        self.out.chain(name, profile.chain)
         for cls_name, cls in profile.classes.items():
             if cls_name not in self.classes:
                 self.classes[cls_name] = _Class(*class_chain(profile.version, cls), profile.version)
@@ -493,7 +477,7 @@ class IncrementalCompiler:
         if cls.live:
             return
         cls.live = True
-        self._chain(name, cls.chain)
+        self.out.chain(name, cls.chain)
         for group in cls.groups:
             self._reference_group(group, cls.version)
 
@@ -503,7 +487,7 @@ class IncrementalCompiler:
         if version in group.live:
             return
         group.live.add(version)
-        self._declare_set(*group.definition.set_of(version, group.members))
+        self.out.declare_set(*group.definition.set_of(version, group.members))
 
     def _release(self, kind: str, name: str) -> None:
         """One reference fewer; what reaches none goes at the end of the commit."""
@@ -532,7 +516,7 @@ class IncrementalCompiler:
                     del self.profiles[name]
                     for key in profile.keys:
                         del self._profile_of[key]
-                    self._chain(name, None)
+                    self.out.chain(name, None)
                     for cls_name in profile.classes:
                         self._release("class", cls_name)
                 elif kind == "class":
@@ -540,7 +524,7 @@ class IncrementalCompiler:
                     if cls is None or cls.refs:
                         continue
                     del self.classes[name]
-                    self._chain(name, None)
+                    self.out.chain(name, None)
                     for group in cls.groups:
                         self._release_set(group, cls.version)
                 elif kind == "set":
@@ -548,7 +532,7 @@ class IncrementalCompiler:
                     found = self.groups.get(group)
                     if found is not None and not found.refs.get(version) and version in found.live:
                         found.live.discard(version)
-                        self._declare_set(group_set(group, version), None, None)
+                        self.out.declare_set(group_set(group, version), None, None)
                 else:
                     group = self.groups.get(name)
                     if group is not None and not group.refs and not group.wanted:
@@ -560,12 +544,12 @@ class IncrementalCompiler:
             return
         for version in sorted(group.live):
             set_name, _, elements = group.definition.set_of(version, group.members)
-            current = self.inet.elements[set_name]
+            current = self.out.inet.elements[set_name]
             for key in [k for k in current if k not in elements]:
-                self._element(self.inet, set_name, key, ABSENT)
+                self.out.element("inet", set_name, key, ABSENT)
             for key in elements:
                 if key not in current:
-                    self._element(self.inet, set_name, key, None)
+                    self.out.element("inet", set_name, key, None)
 
     def _policy_counters(self, key: str) -> None:
         """One counter per rule of the policy, in the table while it exists."""
@@ -573,97 +557,11 @@ class IncrementalCompiler:
         new = policy_counters(self.policies[key]) if key in self.policies else {}
         if new:
             self._counters[key] = new
-        if self.inet is None:
+        if not self.out.exists:
             return
         for name in old:
             if name not in new:
-                self._journal["counters"].setdefault(name, self.inet.counters.get(name))
-                del self.inet.counters[name]
+                self.out.counter(name, None)
         for name, comment in new.items():
             if name not in old:
-                self._journal["counters"].setdefault(name, self.inet.counters.get(name))
-                self.inet.counters[name] = comment
-
-    # --- the tables, journalled: what each object was before this commit -----------------------
-    def _chain(self, name: str, chain: Chain | None) -> None:
-        self._journal["chains"].setdefault(name, self.inet.chains.get(name))
-        if chain is None:
-            del self.inet.chains[name]
-        else:
-            self.inet.chains[name] = chain
-
-    def _declare_set(self, name: str, spec: SetSpec | None, elements: dict | None) -> None:
-        self._journal["sets"].setdefault(name, self.inet.sets.get(name))
-        if spec is None:
-            del self.inet.sets[name]
-            del self.inet.elements[name]
-        else:
-            self.inet.sets[name] = spec
-            self.inet.elements[name] = elements
-
-    def _element(self, table: Table, set_name: str, key: tuple, value) -> None:
-        elements = table.elements[set_name]
-        old = elements.get(key, ABSENT)
-        if old is value or old == value:
-            return
-        self._journal["elements"].setdefault((table.family, set_name), {}).setdefault(key, old)
-        if value is ABSENT:
-            del elements[key]
-        else:
-            elements[key] = value
-
-    def _reset_journal(self) -> None:
-        self._journal = {"counters": {}, "chains": {}, "sets": {}, "elements": {}}
-        self._existed = self.inet is not None
-
-    def _take_delta(self) -> Delta:
-        journal, existed = self._journal, self._existed
-        exists = self.inet is not None
-        self._reset_journal()
-        if not existed and not exists:
-            return Delta({}, {})
-        if not existed:
-            return Delta({"inet": None, "bridge": None}, {"inet": self.inet, "bridge": self.bridge})
-        if not exists:
-            stubs = {f: Table(f, TABLE) for f in ("inet", "bridge")}
-            return Delta(stubs, {"inet": None, "bridge": None})
-        before = {t.family: Table(t.family, t.name) for t in (self.inet, self.bridge)}
-        after = {t.family: Table(t.family, t.name) for t in (self.inet, self.bridge)}
-        for name, old in journal["counters"].items():
-            if old is not None:
-                before["inet"].counters[name] = old
-            if name in self.inet.counters:
-                after["inet"].counters[name] = self.inet.counters[name]
-        for name, old in journal["chains"].items():
-            if old is not None:
-                before["inet"].chains[name] = Chain([], old.hook)
-                before["inet"].live_digests[name] = old.digests()
-            if name in self.inet.chains:
-                after["inet"].chains[name] = self.inet.chains[name]
-        for name, old in journal["sets"].items():
-            if old is not None:
-                before["inet"].sets[name] = old
-                before["inet"].elements[name] = {}
-            if name in self.inet.sets:
-                after["inet"].sets[name] = self.inet.sets[name]
-                after["inet"].elements[name] = dict(self.inet.elements[name]) if old is None else {}
-        for (family, set_name), keys in journal["elements"].items():
-            table = self.inet if family == "inet" else self.bridge
-            if set_name not in table.sets:
-                continue  # the set went: so did its elements
-            was, now = before[family], after[family]
-            if set_name not in now.sets:
-                now.sets[set_name] = table.sets[set_name]
-                now.elements[set_name] = {}
-            if set_name not in was.sets:
-                if set_name in journal["sets"] and journal["sets"][set_name] is None:
-                    continue  # declared in this commit: ``now`` holds all its elements
-                was.sets[set_name] = table.sets[set_name]
-                was.elements[set_name] = {}
-            current = table.elements[set_name]
-            for key, old in keys.items():
-                if old is not ABSENT:
-                    was.elements[set_name][key] = old
-                if key in current:
-                    now.elements[set_name][key] = current[key]
-        return Delta(before, after)
+                self.out.counter(name, comment)
