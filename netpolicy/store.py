@@ -192,22 +192,24 @@ class EtcdStore:
                 error = e
         raise OSError(f"no etcd endpoint answered: {error}")
 
+    def _raw(self, kind: str) -> list[tuple[str, bytes]]:
+        """(key, value) of every entry under ``kind``/."""
+        return [(meta["key"].decode() if isinstance(meta["key"], bytes) else meta["key"], value)
+                for value, meta in self._call(lambda c: c.get_prefix(self.root + kind + "/"))]
+
+    def _entries(self, kind: str) -> list[tuple[str, object]]:
+        """(key, decoded JSON) of every entry under ``kind``/."""
+        found = []
+        for key, value in self._raw(kind):
+            try:
+                found.append((key, json.loads(value)))
+            except ValueError as e:
+                raise PolicyError(key, [f"not JSON: {e}"]) from None
+        return found
+
     def list(self) -> Inputs:
-        objects, records = [], []
-        for value, meta in self._call(lambda c: c.get_prefix(self.root + "objects/")):
-            key = meta["key"].decode() if isinstance(meta["key"], bytes) else meta["key"]
-            try:
-                objects.append((key, json.loads(value)))
-            except ValueError as e:
-                raise PolicyError(key, [f"not JSON: {e}"]) from None
-        for value, meta in self._call(lambda c: c.get_prefix(self.root + "endpoints/")):
-            key = meta["key"].decode() if isinstance(meta["key"], bytes) else meta["key"]
-            try:
-                records.append((key, json.loads(value)))
-            except ValueError as e:
-                raise PolicyError(key, [f"not JSON: {e}"]) from None
-        parsed = [obj for key, raw in objects for obj in parse_objects([raw], key)]
-        return merge([inputs_of(parsed), _endpoints(records)])
+        parsed = [obj for key, raw in self._entries("objects") for obj in parse_objects([raw], key)]
+        return merge([inputs_of(parsed), _endpoints(self._entries("endpoints"))])
 
     def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
         """Events as they come; and every ``refresh`` seconds a nudge anyway
@@ -251,9 +253,7 @@ class EtcdStore:
             kind = OBJECT_KINDS[obj["kind"]]
             namespace = meta.get("namespace") or ("default" if obj["kind"] != "Namespace" else "_")
             wanted[f"{self.root}objects/{kind}/{namespace}/{meta['name']}"] = json.dumps(obj)
-        present = {meta["key"].decode() if isinstance(meta["key"], bytes) else meta["key"]
-                   for _, meta in self._call(lambda c: c.get_prefix(self.root + "objects/"))}
-        for key in present - set(wanted):
+        for key in {key for key, _ in self._raw("objects")} - set(wanted):
             self._call(lambda c: c.delete(key))
         for key, value in wanted.items():
             self._call(lambda c: c.put(key, value))
