@@ -468,7 +468,7 @@ class _Reference:
             if endpoint.node != self.node:
                 continue
             for direction in DIRECTIONS:
-                policies = [p for p in self.world.policies_for(endpoint, direction)]
+                policies = self.world.policies_for(endpoint, direction)
                 if not policies:
                     continue
                 fragments = endpoint_fragments(endpoint, direction, sorted(policies, key=lambda p: p.key), self)
