@@ -53,6 +53,12 @@ class AddressSet:
         return cls(_merge(found[4]), _merge(found[6]))
 
     @classmethod
+    def of_values(cls, version: int, values) -> AddressSet:
+        """Single addresses of one family, as integers."""
+        ranges = _merge((v, v) for v in values)
+        return cls(ranges, ()) if version == 4 else cls((), ranges)
+
+    @classmethod
     def of_ip_block(cls, block: IPBlock) -> AddressSet:
         network = netaddr.IPNetwork(block.cidr)
         kept = netaddr.IPSet([network]) - netaddr.IPSet(block.excepts)

@@ -10,8 +10,9 @@ from typing import Mapping
 
 import netaddr
 
-from .compiler import RuleRef, rule_peers
-from .model import EGRESS, INGRESS, PROTOCOL_NUMBER, Endpoint, Inputs, World
+from .addresses import AddressSet, union
+from .compiler import RuleRef
+from .model import EGRESS, INGRESS, PROTOCOL_NUMBER, Endpoint, Inputs, Policy, Rule, World
 
 
 @dataclass
@@ -51,6 +52,16 @@ class Explanation:
             lines.append(f"  {side.direction.lower()} ({side.pod or 'not a pod'}): "
                          f"{'allowed' if side.allowed else 'denied'}: {side.reason}")
         return "\n".join(lines)
+
+
+def rule_peers(world: World, policy: Policy, rule: Rule) -> AddressSet:
+    """The addresses a rule's from/to list admits: every address when the
+    list is empty, else the union of its peers."""
+    if not rule.peers:
+        return AddressSet.everything()
+    return union(AddressSet.of_ip_block(peer.ip_block) if peer.ip_block else
+                 AddressSet.of_addresses(a for e in world.peer_endpoints(policy, peer) for a in e.addresses)
+                 for peer in rule.peers)
 
 
 def _endpoint(world: World, ref: str) -> tuple[Endpoint | None, str | None]:

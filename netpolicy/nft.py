@@ -1,14 +1,17 @@
 """The kernel side of our tables: read them, apply one transaction, read
 counters, and the br_netfilter switches bridged traffic needs.  Everything
 goes through libnftables (Debian's python3-nftables) in the calling
-process's network namespace.
+process's network namespace, except transactions of set elements alone,
+which go to the kernel directly (nfnetlink.py).
 """
 from __future__ import annotations
 
 import ctypes
 import os
+from typing import Mapping
 
-from .ruleset import Table, decode_table
+from .nfnetlink import Batch, NetlinkError, encode_elements
+from .ruleset import SetSpec, Table, decode_element, decode_key, decode_table
 
 BRIDGE_SYSCTLS = ("/proc/sys/net/bridge/bridge-nf-call-iptables",
                   "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
@@ -43,12 +46,29 @@ class Kernel:
             return None
         return decode_table(family, name, output.get("nftables", []))
 
-    def apply(self, commands: list[dict]) -> None:
-        """One atomic transaction: all of it or nothing."""
-        if commands:
-            rc, _, error = self._run(commands)
-            if rc != 0:
-                raise NftError((error or "nftables transaction failed").strip())
+    def apply(self, commands: list[dict], specs: Mapping[tuple[str, str], SetSpec] | None = None) -> None:
+        """One atomic transaction: all of it or nothing.  One that only
+        adds and deletes elements of sets whose ``specs`` ((family, set) ->
+        SetSpec) are given goes straight to the kernel (nfnetlink.py)."""
+        if not commands:
+            return
+        if specs is not None and all(_element_change(c) for c in commands):
+            batch = Batch()
+            for command in commands:
+                (op, body), = command.items()
+                obj = body["element"]
+                spec = specs[(obj["family"], obj["name"])]
+                items = ([decode_element(spec, e) for e in obj["elem"]] if op == "add"
+                         else [(decode_key(spec, e), None) for e in obj["elem"]])
+                batch.add(op, obj["family"], obj["table"], obj["name"], encode_elements(spec, items, op == "add"))
+            try:
+                batch.commit()
+            except NetlinkError as e:
+                raise NftError(f"nftables transaction failed: {e}") from None
+            return
+        rc, _, error = self._run(commands)
+        if rc != 0:
+            raise NftError((error or "nftables transaction failed").strip())
 
     def counters(self, family: str, table: str) -> dict[str, tuple[int, int]]:
         """name -> (packets, bytes); {} when the table is absent."""
@@ -57,6 +77,11 @@ class Kernel:
             return {}
         return {c["counter"]["name"]: (c["counter"]["packets"], c["counter"]["bytes"])
                 for c in output.get("nftables", []) if "counter" in c}
+
+
+def _element_change(command: dict) -> bool:
+    (op, body), = command.items()
+    return op in ("add", "delete") and list(body) == ["element"]
 
 
 def _trim_heap() -> None:

@@ -469,13 +469,25 @@ def parse_objects(objects, origin: str = "") -> list:
     return parsed
 
 
-def load_text(text: str, origin: str = "") -> list:
-    """YAML (one or more documents) or JSON -> model objects."""
+def load_documents(text: str, origin: str = "") -> list:
+    """YAML (one or more documents) or JSON -> the decoded documents."""
+    if text.lstrip()[:1] in ("{", "["):  # JSON (`kubectl get -o json`): its own parser is six times faster
+        import json
+
+        try:
+            found = json.loads(text)
+            return [found]
+        except ValueError:
+            pass  # YAML after all (flow style), or broken: YAML says which
     import yaml
 
-    try:
-        documents = list(yaml.safe_load_all(text))
+    try:  # libyaml's loader when there is one: ten times faster on thousands of objects
+        return [d for d in yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d is not None]
     except yaml.YAMLError as e:
         raise PolicyError(origin, [f"not YAML or JSON: {e}"]) from None
-    return parse_objects(documents, origin)
+
+
+def load_text(text: str, origin: str = "") -> list:
+    """YAML (one or more documents) or JSON -> model objects."""
+    return parse_objects(load_documents(text, origin), origin)
 

@@ -9,8 +9,12 @@ prints them in (single value, range or prefix; "tcp" or 6).  A value is
 ("drop",) or ("goto", chain) for verdict maps, None for plain sets.
 
 Rules cannot be compared that way (the kernel prints them back in its own
-normal form), so every rule carries a comment with a digest of the
-expression we generated: a chain is unchanged when its digests are.
+normal form), so every rule of a fixed chain carries a comment with a
+digest of the expression we generated: a chain is unchanged when its
+digests are.  Chains named by a digest of what they hold (the compiler's
+profiles and classes: ``by_content``) carry none (a comment per rule costs
+libnftables a fifth of the time of loading thousands of them): one of
+that name in the kernel is that chain, checked only by its rule count.
 
 `transaction(live, desired)` is the reconcile step: element deletes and
 adds for sets that stay, a chain rewritten (flush and refill) only when its
@@ -49,10 +53,12 @@ class SetSpec:
 class Chain:
     rules: list[list[dict]] = field(default_factory=list)
     hook: dict | None = None  # base chains: type, hook, prio, policy
+    by_content: bool = False  # its name is a digest of its rules
 
     def digests(self) -> list[str]:
+        """What each rule's comment holds ("" for none)."""
         if self._digests is None:  # chains are not changed once built
-            self._digests = [rule_digest(r) for r in self.rules]
+            self._digests = [""] * len(self.rules) if self.by_content else [rule_digest(r) for r in self.rules]
         return self._digests
 
     _digests: list[str] | None = field(default=None, repr=False, compare=False)
@@ -127,10 +133,14 @@ def _decode_field(kind: str, item) -> tuple[int, int]:
     return value, value
 
 
+def decode_key(spec: SetSpec, key) -> Key:
+    fields = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
+    return tuple(_decode_field(kind, f) for kind, f in zip(spec.key, fields))
+
+
 def decode_element(spec: SetSpec, item) -> tuple[Key, Value]:
     key, value = (item[0], item[1]) if spec.verdicts else (item, None)
-    fields = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
-    canonical_key = tuple(_decode_field(kind, f) for kind, f in zip(spec.key, fields))
+    canonical_key = decode_key(spec, key)
     if value is not None:
         (verdict, arg), = value.items()
         value = (verdict, arg["target"]) if isinstance(arg, dict) else (verdict,)
@@ -180,8 +190,8 @@ def _chain_body(table: Table, name: str, chain: Chain) -> dict:
 
 
 def _rule_commands(table: Table, name: str, chain: Chain) -> list[dict]:
-    return [{"add": {"rule": {**table.ref, "chain": name, "expr": expr, "comment": rule_digest(expr)}}}
-            for expr in chain.rules]
+    return [{"add": {"rule": {**table.ref, "chain": name, "expr": expr, **({"comment": digest} if digest else {})}}}
+            for expr, digest in zip(chain.rules, chain.digests())]
 
 
 def _element_command(op: str, table: Table, set_name: str, spec: SetSpec, items) -> dict:

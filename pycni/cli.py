@@ -20,6 +20,8 @@ A CNI runtime in Python.
                                    network namespace labs from a YAML file
   pycni agent [--overlay-config FILE ...]
                                    the node agent: plugin requests, the overlay
+  pycni policy apply|explain|status
+                                   Kubernetes NetworkPolicy on this node (`pycni policy -h`)
 
 Like cnitool, add/check/del read these environment variables:
   NETCONFPATH   directory of *.conf/*.conflist/*.json (default /etc/cni/net.d)
@@ -138,6 +140,12 @@ def cmd_lab(args) -> int:
     return lab.run_cli(args)
 
 
+def cmd_policy(args) -> int:
+    from netpolicy import command
+
+    return command.run(args)
+
+
 def cmd_agent(args) -> int:
     from . import node
 
@@ -185,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-v", "--verbose", action="store_true", help="log every request served")
     node.add_arguments(s)
     s.set_defaults(func=cmd_agent)
+    s = sub.add_parser("policy", help="apply, explain and observe network policies on this node")
+    from netpolicy import command as policy_command  # argparse only: no heavy import
+
+    policy_command.add_arguments(s)
+    s.set_defaults(func=cmd_policy)
     s = sub.add_parser("lab", help="build a lab of hosts and pods in network namespaces from a YAML file",
                        description="Hosts are network namespaces standing for nodes; pods are network "
                                    "namespaces attached through the CNI plugins, which run inside their "

@@ -119,6 +119,8 @@ class Ruleset:
             return self.lookup(right, left)[0]
         if isinstance(right, dict) and "set" in right:
             return any(_scalar(x) == left for x in right["set"])
+        if isinstance(right, dict) and "range" in right:
+            return _covers(right, left)
         return left == _scalar(right)
 
     # --- execution ----------------------------------------------------------------

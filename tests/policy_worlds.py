@@ -1,7 +1,7 @@
 """Random small clusters for the property tests: namespaces, pods on two
 nodes, and NetworkPolicy objects drawn from every feature of the API, as
 the raw dicts a YAML file holds (so netpolicy and the independent evaluator
-read the same input)."""
+read the same input); and `large_world`, the cluster the benchmark loads."""
 import random
 
 NODES = ("node-a", "node-b")
@@ -114,3 +114,65 @@ def world(seed, n_pods=7, n_policies=4):
     namespaces = [namespace(rng, n) for n in NAMESPACES]
     policies = [policy(rng, f"pol{i}", pods) for i in range(n_policies)]
     return rng, namespaces, pods, policies
+
+
+def large_world(n_policies=1000, n_pods=5000, node="node-1", n_namespaces=50, seed=1, first_address=0):
+    """A cluster shaped like a real one at scale: namespaces of teams and
+    environments, pods of 20 apps in three tiers with named ports, and
+    policies of three rules each (allow from apps of the namespace, from
+    tiers of a team's namespaces, from whole namespaces, from CIDRs; on
+    numbered, named or ranged ports; a third with an egress rule).  Every
+    pod is on ``node``; addresses count up from 10.200.0.0 +
+    ``first_address`` (they are only looked up, never sent to)."""
+    rng = random.Random(seed)
+    apps = [f"app{i}" for i in range(20)]
+    tiers = ["front", "back", "db"]
+    teams = ["red", "blue", "green", "gold"]
+    names = [f"ns{i}" for i in range(n_namespaces)]
+    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {
+        "team": rng.choice(teams), "env": rng.choice(["prod", "dev"])}}} for n in names]
+    pods = []
+    for i in range(n_pods):
+        address = 10 << 24 | 200 << 16 | (first_address + i)
+        ports = [{"name": "http", "containerPort": rng.choice([80, 8080]), "protocol": "TCP"},
+                 {"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+        pods.append({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": f"pod{i}", "namespace": names[i % n_namespaces],
+                                  "labels": {"app": rng.choice(apps), "tier": rng.choice(tiers),
+                                             "version": f"v{rng.randint(1, 3)}"}},
+                     "spec": {"nodeName": node, "containers": [{"name": "c", "ports": ports}]},
+                     "status": {"podIPs": [{"ip": ".".join(str(address >> s & 255) for s in (24, 16, 8, 0))}]}})
+
+    def peer():
+        r = rng.random()
+        if r < 0.4:
+            return {"podSelector": {"matchLabels": {"app": rng.choice(apps)}}}
+        if r < 0.7:
+            return {"namespaceSelector": {"matchLabels": {"team": rng.choice(teams)}},
+                    "podSelector": {"matchLabels": {"tier": rng.choice(tiers)}}}
+        if r < 0.85:
+            return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": rng.choice(names)}}}
+        return {"ipBlock": {"cidr": f"172.{rng.randint(16, 31)}.0.0/16"}}
+
+    def ports():
+        r = rng.random()
+        if r < 0.5:
+            return [{"port": rng.choice([80, 443, 8080, 5432]), "protocol": "TCP"}]
+        if r < 0.7:
+            return [{"port": "http"}]
+        if r < 0.8:
+            return [{"port": 30000, "endPort": 30100, "protocol": "UDP"}]
+        return []
+
+    policies = []
+    for i in range(n_policies):
+        spec = {"podSelector": {"matchLabels": {"app": rng.choice(apps)}},
+                "ingress": [{"from": [peer()], "ports": ports()} for _ in range(2)]}
+        if rng.random() < 0.3:
+            spec["egress"] = [{"to": [peer()], "ports": ports()}]
+            spec["policyTypes"] = ["Ingress", "Egress"]
+        else:
+            spec["ingress"].append({"from": [peer()], "ports": ports()})
+        policies.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                         "metadata": {"name": f"pol{i}", "namespace": names[i % n_namespaces]}, "spec": spec})
+    return namespaces, pods, policies

@@ -168,8 +168,8 @@ def test_a_pod_label_change_rewrites_only_elements():
     relabelled["metadata"]["labels"] = {"role": "client"}
     commands = changes([WEB, CLIENT, OTHER, ALLOW_CLIENTS], [WEB, CLIENT, relabelled, ALLOW_CLIENTS])
     assert set(kinds(commands)) <= {"add element", "delete element"}
-    # 10.240.0.4 joins the clients' peer group, next to 10.240.0.3: that element becomes a range
-    assert elements_touched(commands) == ["10.240.0.3", {"range": ["10.240.0.3", "10.240.0.4"]}]
+    # 10.240.0.4 joins the clients' peer group (a hash set of pod addresses): one element
+    assert elements_touched(commands) == ["10.240.0.4"]
 
 
 def test_a_new_pod_in_an_isolated_namespace_adds_only_its_elements():
@@ -199,12 +199,14 @@ def test_a_port_change_swaps_the_pods_profile():
     assert adds == [["10.240.0.2", {"goto": {"target": profile}}]]
 
 
-def test_a_peer_change_switches_the_policys_own_class_to_another_group():
+def test_a_peer_change_gives_the_selected_pods_a_class_naming_another_group():
     wider = copy.deepcopy(ALLOW_CLIENTS)
     wider["spec"]["ingress"][0]["from"] = [{"namespaceSelector": {}}]
     commands = changes([WEB, CLIENT, ALLOW_CLIENTS], [WEB, CLIENT, wider])
-    # the policy's class chain now names another peer group; nothing shared is rewritten
-    assert {n[:2] for n in touched_names(commands)} == {"c_", "g_"}
+    # a new class naming the new group, a new profile sending to it; no chain is rewritten
+    assert {n[:2] for n in touched_names(commands)} == {"c_", "g_", "p_"}
+    assert not [c for c in commands if "flush" in c and c["flush"]["chain"]["name"] in
+                {n for t in compile_tables(inputs(WEB, CLIENT, wider), "node-a") for n in t.chains}]
 
 
 def test_a_new_rule_adds_structure_and_leaves_the_rest():
@@ -223,7 +225,7 @@ def test_policies_with_the_same_peers_share_one_group():
     twin = copy.deepcopy(ALLOW_CLIENTS)
     twin["metadata"]["name"] = "twin"
     (table, _) = compile_tables(inputs(WEB, CLIENT, ALLOW_CLIENTS, twin), "node-a")
-    assert len([name for name in table.sets if name.startswith("g_")]) == 2   # one group, two families
+    assert len([name for name in table.sets if name.startswith("g_")]) == 1   # one group (IPv4 pods only)
 
 
 def test_changed_verdict_deletes_then_adds_the_key():

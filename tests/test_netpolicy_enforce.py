@@ -6,8 +6,8 @@ a "host" netns that stands for the node; x and y share bridge 1 (their
 traffic is bridged), z is on bridge 2 (traffic with it is routed by the
 host).  Every pod listens on TCP and UDP 80 and 53, over IPv4 and IPv6;
 every pod pair (and node <-> pod) is probed in parallel for each case, the
-policies being applied with `python -m netpolicy apply` inside the host
-netns, as the node agent would.  The pods are made once for the module;
+policies being applied with `pycni policy apply` inside the host netns,
+as the node agent would.  The pods are made once for the module;
 cases change only policies and labels.
 """
 import copy
@@ -137,8 +137,9 @@ class Lab:
 
     # --- netpolicy ------------------------------------------------------------------------
     def netpolicy(self, command, *args, check=True):
-        return sh("ip", "netns", "exec", self.host, sys.executable, "-m", "netpolicy", command,
-                  "-f", str(self.workdir), *args, check=check)
+        return sh("ip", "netns", "exec", self.host, sys.executable, "-m", "pycni.cli", "policy", command,
+                  "-f", str(self.workdir / "objects"), "--state-dir", str(self.workdir / "state"), *args,
+                  check=check)
 
     def write(self, policies, registered=()):
         """The sources' files; pods in ``registered`` are left out (the CNI
@@ -146,8 +147,9 @@ class Lab:
         pods = [p for p in self.pod_objects()
                 if f"{p['metadata']['namespace']}/{p['metadata']['name']}" not in registered]
         files = {"namespaces.yaml": self.namespace_objects(), "pods.yaml": pods, "policies.yaml": policies}
+        (self.workdir / "objects").mkdir(exist_ok=True)
         for name, objects in files.items():
-            (self.workdir / name).write_text("\n---\n".join(json.dumps(o) for o in objects) + "\n")
+            (self.workdir / "objects" / name).write_text("\n---\n".join(json.dumps(o) for o in objects) + "\n")
 
     def apply(self, policies):
         """Apply through the CLI; returns the transaction's commands."""
@@ -429,14 +431,17 @@ CONTROLLER = """
 import json, logging, sys, threading
 from netpolicy.enforcer import PolicyController
 from netpolicy.parse import parse_endpoint
-from netpolicy.sources import DirectorySource
+from netpolicy.sources import Attachment, DirectorySource
 logging.basicConfig(level=logging.INFO)
 node, directory, registry, command, *args = sys.argv[1:]
 ctl = PolicyController(node, [DirectorySource(directory, interval=0.05)], registry_dir=registry)
+attachment = Attachment("net", "c1", "eth0")
 if command == "register":
-    print(json.dumps(ctl.register(parse_endpoint(json.loads(args[0])))))
+    ctl.reconcile()
+    print(json.dumps(ctl.register(attachment, parse_endpoint(json.loads(args[0])))))
 elif command == "unregister":
-    print(json.dumps(ctl.unregister(args[0])))
+    ctl.reconcile()
+    print(json.dumps(ctl.unregister(attachment)))
 elif command == "reconcile":
     print(json.dumps(ctl.reconcile()))
 else:
@@ -450,7 +455,7 @@ else:
 
 
 def controller(lab, registry, command, *args, **popen):
-    cmd = ["ip", "netns", "exec", lab.host, sys.executable, "-c", CONTROLLER, NODE, str(lab.workdir),
+    cmd = ["ip", "netns", "exec", lab.host, sys.executable, "-c", CONTROLLER, NODE, str(lab.workdir / "objects"),
            str(registry), command, *args]
     if popen:
         return subprocess.Popen(cmd, text=True, **popen)
@@ -476,7 +481,7 @@ def test_a_registered_pod_is_isolated_when_register_returns(fresh, tmp_path):
     assert list(lab.probe(unknown).values()) == [False]
     lab.check()
     assert controller(lab, tmp_path, "reconcile") == []   # a restarted agent remembers x/a
-    assert controller(lab, tmp_path, "unregister", "x/a")
+    assert controller(lab, tmp_path, "unregister")
     assert list(lab.probe(unknown).values()) == [True]
 
 

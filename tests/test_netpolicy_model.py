@@ -6,7 +6,7 @@ import pytest
 
 from netpolicy.model import EGRESS, INGRESS, Endpoint, Inputs, LabelSelector, Namespace, Requirement, World
 from netpolicy.parse import PolicyError, endpoint_record, load_text, parse_endpoint, parse_objects, parse_policy
-from netpolicy.sources import DirectorySource, EndpointRegistry, merge
+from netpolicy.sources import Attachment, DirectorySource, EndpointRegistry, merge
 
 BASE = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "p", "namespace": "x"}, "spec": {"podSelector": {}}}
@@ -246,12 +246,18 @@ def test_directory_source_and_duplicates(tmp_path):
 
 def test_registry_overrides_files_and_gc():
     registry = EndpointRegistry()
-    registry.put(Endpoint("x", "a", {"v": "2"}))
-    registry.put(Endpoint("x", "b"))
+    a_net1, a_net2, b = Attachment("net1", "c1", "eth0"), Attachment("net2", "c1", "eth1"), Attachment("net1", "c2", "eth0")
+    assert registry.put(a_net1, Endpoint("x", "a", {"v": "2"}, ("10.0.0.1",))) == ["x/a"]
+    registry.put(a_net2, Endpoint("x", "a", {"v": "2"}, ("10.1.0.1",)))   # the same pod on a second network
+    registry.put(b, Endpoint("x", "b"))
     merged = merge([Inputs(endpoints=(Endpoint("x", "a", {"v": "1"}),)), registry.list()])
-    assert [e.labels for e in merged.endpoints if e.key == "x/a"] == [{"v": "2"}]
-    assert registry.retain(["x/a"]) == ["x/b"]
+    assert [(e.labels, e.addresses) for e in merged.endpoints if e.key == "x/a"] == [({"v": "2"}, ("10.0.0.1", "10.1.0.1"))]
+    assert registry.retain("net1", [("c1", "eth0")]) == ["x/b"]           # GC of net1 keeps net2's attachment
     assert [e.key for e in registry.list().endpoints] == ["x/a"]
+    assert registry.remove(a_net1) == ["x/a"] and registry.endpoint("x/a").addresses == ("10.1.0.1",)
+    # a late DEL of the previous sandbox of a pod does not remove the pod that took its name
+    registry.put(Attachment("net1", "c3", "eth0"), Endpoint("x", "b", {}, ("10.0.0.9",)))
+    assert registry.remove(b) == [] and registry.endpoint("x/b").addresses == ("10.0.0.9",)
 
 
 def test_registered_endpoints_persist_across_a_restart(tmp_path):
@@ -259,10 +265,11 @@ def test_registered_endpoints_persist_across_a_restart(tmp_path):
               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "node": "node-1"}
     endpoint = parse_endpoint(record)
     assert endpoint_record(endpoint) == record
-    EndpointRegistry(str(tmp_path)).put(endpoint)
+    attachment = Attachment("net", "c" * 200, "eth0")   # any ID: files are named by a digest
+    EndpointRegistry(str(tmp_path)).put(attachment, endpoint)
     restarted = EndpointRegistry(str(tmp_path))
-    assert restarted.list().endpoints == (endpoint,)
-    restarted.remove("x/a")
+    assert restarted.list().endpoints == (endpoint,) and restarted.registered(attachment) == endpoint
+    restarted.remove(attachment)
     assert EndpointRegistry(str(tmp_path)).list().endpoints == () and not list(tmp_path.iterdir())
 
 

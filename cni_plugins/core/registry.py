@@ -15,6 +15,7 @@ PLUGINS = {
     "bandwidth": "cni_plugins.bandwidth",
     "dnsname": "cni_plugins.dnsname.plugin",
     "overlay": "cni_plugins.overlay",
+    "netpolicy": "cni_plugins.netpolicy",
 }
 
 
