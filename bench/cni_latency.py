@@ -7,6 +7,11 @@ and podman use, so client cost is the same for every variant; `--client
 pycni` drives `pycni add`/`pycni del` instead.  Everything runs inside a
 private "node" network namespace (the agent too), so the machine's own
 networking is untouched and nothing is left behind.
+
+`--policies N` first loads a large table that is not ours into the node:
+the network-policy engine's tables for N policies over `--policy-pods`
+endpoints (tests/policy_worlds.large_world), to show what other tables on
+a node cost our ADD and DEL.  `--concurrency 0` skips the concurrent runs.
 """
 import argparse
 import concurrent.futures
@@ -88,6 +93,24 @@ class Bench:
         deadline = time.time() + 15
         while time.time() < deadline and not self._agent_up():
             time.sleep(0.05)
+        if self.args.policies:
+            self.load_policies()
+
+    def load_policies(self):
+        """netpolicy's compiled tables for a large cluster, applied in the node."""
+        code = (
+            "import sys\n"
+            f"sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, 'tests')!r}]\n"
+            "from policy_worlds import large_world\n"
+            "from netpolicy.incremental import IncrementalCompiler\n"
+            "from netpolicy.enforcer import Enforcer\n"
+            "from netpolicy.parse import parse_objects\n"
+            "from netpolicy.sources import inputs_of\n"
+            f"objects = [o for part in large_world({self.args.policies}, {self.args.policy_pods}) for o in part]\n"
+            "compiler = IncrementalCompiler('node-1')\n"
+            "compiler.load(inputs_of(parse_objects(objects)))\n"
+            "Enforcer().sync(compiler.tables())\n")
+        sh("nsenter", f"--net=/run/netns/{self.node}", sys.executable, "-c", code)
 
     def _agent_up(self):
         probe = subprocess.run(["nsenter", f"--net=/run/netns/{self.node}", sys.executable, "-c",
@@ -243,6 +266,9 @@ def main(argv=None):
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--client", choices=("libcni", "pycni"), default="libcni")
+    parser.add_argument("--policies", type=int, default=0,
+                        help="load netpolicy's tables for this many policies into the node first")
+    parser.add_argument("--policy-pods", type=int, default=5000, help="endpoints of those policies")
     args = parser.parse_args(argv)
     if args.client == "libcni" and not shutil.which("go"):
         print("go is not installed: falling back to --client pycni", file=sys.stderr)
@@ -252,7 +278,8 @@ def main(argv=None):
     try:
         bench.setup()
         figures = bench.latency()
-        figures.update(bench.concurrent(args.concurrency))
+        if args.concurrency:
+            figures.update(bench.concurrent(args.concurrency))
         floor = bench.veth_teardown()
     finally:
         bench.teardown()
