@@ -3,25 +3,39 @@
 A plugin declares its firewall as a `Table`: sets and base chains with
 static rules.  What varies per container is set (or map) elements, so a
 lookup costs the same with one container as with thousands, and ADD/DEL are
-one transaction each.  Every adding transaction re-declares the table's
-skeleton (chains are flushed and refilled), so it is idempotent and heals a
-ruleset someone flushed.  Deleting an element that may be absent is done as
-add-then-delete in the same transaction (nftables 1.0.6 has no `destroy`).
-A table that holds no element after a removal is deleted, so a node with no
-attachment carries no pycni state.
+one transaction each.
 
-An element is (table, set name, value).  Records keep elements as
-[family, table, set, value]: removing them needs only those names, so an
-element read back from a record is removed whether or not the plugin that
-declared its table was ever imported in this process.
+Element changes go to the kernel as one nf_tables netlink batch
+(nfnetlink.py) when the table stands as declared: every set there with its
+declared type, every chain holding its declared number of rules (one
+query each, well under a millisecond).  Otherwise, or when the kernel
+refuses the batch, they go through libnftables in a transaction that
+re-declares the table's skeleton (chains are flushed and refilled), which
+creates the table or heals one someone flushed.  libnftables is the slow
+path on a node with large tables of others: it first fetches a cache of
+every table in the namespace.
 
-libnftables is loaded lazily: only plugins that touch the firewall pay for it.
+Deleting an element that may be absent is done as add-then-delete in the
+same transaction (nftables 1.0.6 has no `destroy`; the add also refuses a
+map key that holds another owner's value).  A table that holds no element
+after a removal is deleted, so a node with no attachment carries no pycni
+state.
+
+An element is (table, set name, value), the value in nft's JSON form.
+Records keep elements as [family, table, set, value]: removing them needs
+only those names (the kernel tells the sets' types), so an element read
+back from a record is removed whether or not the plugin that declared its
+table was ever imported in this process.
+
+libnftables is loaded lazily: only what takes the slow path pays for it.
 """
 import fcntl
 import os
 from contextlib import contextmanager
 
-from .errors import NftError
+from . import nfnetlink
+from .errors import NetlinkError, NftError
+from .nfnetlink import NfTables, Shape, Unencodable, shared
 
 
 # --- expression helpers (nftables JSON) ----------------------------------------
@@ -159,14 +173,64 @@ def _tables(elements) -> list:
     return list({(e[0].family, e[0].name): e[0] for e in elements}.values())
 
 
-def add_elements(elements: list[Element], extra: list[dict] = ()) -> None:
-    """Add elements (and any extra commands) in one transaction; each
-    element's table is a Table, whose skeleton the transaction declares."""
-    if not elements and not extra:
+def _declared_shapes(client: NfTables, table: Table) -> dict | None:
+    """The kernel's shapes of a table's sets when the table stands as
+    declared (each set with its declared type, each chain with its number of
+    rules); None when it is absent or differs, and so must be declared again.
+    A rule changed in place, keeping its chain's count, goes unnoticed.  A
+    table with named counters is always declared: they are not checked here."""
+    shapes = client.sets(table.family, table.name)
+    if shapes is None or table.counters:
+        return None
+    if any(shapes.get(name) != Shape.declared(spec) for name, spec in table.sets.items()):
+        return None
+    counts = client.rule_counts(table.family, table.name)
+    if any(counts.get(chain, 0) != len(rules) for chain, (_, rules) in table.chains.items()):
+        return None
+    return shapes
+
+
+def _wire(shapes: dict, element: Element, with_data: bool) -> list[bytes]:
+    t, s, e = element
+    shape = shapes[(t.family, t.name)][s]
+    if shape is None:
+        raise Unencodable(f"set {t.family} {t.name} {s} is of a type we do not encode")
+    return nfnetlink.encode_elements(shape, [nfnetlink.from_json(shape, e)], with_data)
+
+
+def _encode(batch: nfnetlink.Batch, op: str, shapes: dict, elements: list[Element]) -> None:
+    for element in elements:
+        t, s, _ = element
+        batch.add(op, t.family, t.name, s, _wire(shapes, element, op == "add"))
+
+
+def _add_by_netlink(elements: list[Element]) -> bool:
+    """Add through one netlink batch; False (nothing changed) when the
+    tables must be declared first, or the kernel refused the batch."""
+    try:
+        client = shared()
+        shapes = {}
+        for t in _tables(elements):
+            shapes[(t.family, t.name)] = _declared_shapes(client, t)
+            if shapes[(t.family, t.name)] is None:
+                return False
+        batch = nfnetlink.Batch()
+        _encode(batch, "add", shapes, elements)
+        client.commit(batch)
+    except (OSError, Unencodable):
+        return False
+    return True
+
+
+def add_elements(elements: list[Element]) -> None:
+    """Add elements in one transaction; each element's table is a Table,
+    declared (with its skeleton) when it is not there as declared."""
+    if not elements:
         return
     with locked():
-        cmds = [c for t in _tables(elements) for c in t.skeleton()]
-        run(cmds + [element_command(t, "add", s, e) for t, s, e in elements] + list(extra))
+        if not _add_by_netlink(elements):
+            cmds = [c for t in _tables(elements) for c in t.skeleton()]
+            run(cmds + [element_command(t, "add", s, e) for t, s, e in elements])
 
 
 def _removal(group: list[Element]) -> list[dict]:
@@ -184,6 +248,42 @@ def _owner_groups(elements: list[Element]) -> list[list[Element]]:
     return list(groups.values())
 
 
+def _remove_by_netlink(elements: list[Element]) -> bool:
+    """`remove_elements` through netlink batches; False when something
+    failed (then libnftables does it all again: removing is idempotent)."""
+    try:
+        client = shared()
+        tables = _tables(elements)
+        shapes = {(t.family, t.name): client.sets(t.family, t.name) for t in tables}
+        batches = []
+        for group in _owner_groups(elements):
+            if all(s in (shapes[(t.family, t.name)] or ()) for t, s, _ in group):  # else absent, or not ours
+                batch = nfnetlink.Batch()
+                _encode(batch, "add", shapes, group)
+                _encode(batch, "delete", shapes, group)
+                batches.append(batch)
+        whole = nfnetlink.Batch()
+        for batch in batches:
+            whole.extend(batch)
+        try:
+            client.commit(whole)
+        except NetlinkError:  # refused: remove each owner group on its own
+            for batch in batches:
+                try:
+                    client.commit(batch)
+                except NetlinkError:
+                    pass
+        empty = nfnetlink.Batch()
+        for t in tables:
+            held = shapes[(t.family, t.name)]
+            if held is not None and not any(client.elements(t.family, t.name, s) for s in held):
+                empty.delete_table(t.family, t.name)
+        client.commit(empty)
+    except (OSError, Unencodable):
+        return False
+    return True
+
+
 def remove_elements(elements: list[Element]) -> None:
     """Remove elements (absent ones are fine) in one transaction, then drop
     every touched table that is left empty.  When that transaction is
@@ -193,6 +293,8 @@ def remove_elements(elements: list[Element]) -> None:
     if not elements:
         return
     with locked():
+        if _remove_by_netlink(elements):
+            return
         rc, _, _ = _nft().json_cmd({"nftables": _removal(elements)})
         if rc != 0:
             for group in _owner_groups(elements):
@@ -229,12 +331,33 @@ def canonical(value) -> str:
     return json.dumps(norm(value), sort_keys=True)
 
 
+def _present_by_netlink(elements: list[Element]) -> list[bool]:
+    client = shared()
+    shapes = {(t.family, t.name): client.sets(t.family, t.name) or {} for t in _tables(elements)}
+    held: dict = {}
+    found = []
+    for t, s, e in elements:
+        if s not in shapes[(t.family, t.name)]:
+            found.append(False)
+            continue
+        if (t.family, t.name, s) not in held:
+            held[(t.family, t.name, s)] = {nfnetlink.identity(x) for x in client.elements(t.family, t.name, s)}
+        ours = {nfnetlink.identity(x) for x in _wire(shapes, (t, s, e), True)}
+        found.append(ours <= held[(t.family, t.name, s)])
+    return found
+
+
 def present(elements: list[Element]) -> list[bool]:
-    """For each element: is it in its table now?  (One read per table.)"""
-    held = {}
-    for t in _tables(elements):
-        held[(t.family, t.name)] = {name: {canonical(e) for e in elems}
-                                    for name, elems in elements_of(t).items()}
+    """For each element: is it in its table now?  (One read per set.)"""
+    with locked():
+        try:
+            return _present_by_netlink(elements)
+        except (OSError, Unencodable):
+            pass
+        held = {}
+        for t in _tables(elements):
+            held[(t.family, t.name)] = {name: {canonical(e) for e in elems}
+                                        for name, elems in (table_elements(t) or {}).items()}
     return [canonical(e) in held[(t.family, t.name)].get(s, ()) for t, s, e in elements]
 
 
