@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import _thread
 import ipaddress
-import os
 import struct
 
 from .errors import NetlinkError
 from .netlink import (F_ACK, F_CREATE, F_DUMP, F_REQUEST, NLMSG_ERROR, Netlink, attr, attr_str, error_of,
                       iter_attrs, nested, parse_attrs)
+from .netns import current_inode
 
 NETLINK_NETFILTER = 12
 NETLINK_CAP_ACK = 10
@@ -345,17 +345,13 @@ class Batch:
 
 
 # --- the client ---------------------------------------------------------------------------
-def _netns() -> int:
-    return os.stat("/proc/thread-self/ns/net").st_ino
-
-
 class NfTables:
     """One nf_tables netlink socket in the calling thread's network
     namespace.  Raises NetlinkError (errno and the kernel's message); after
     any other failure (a timeout) the socket is closed."""
 
     def __init__(self):
-        self.netns = _netns()
+        self.netns = current_inode()
         self.nl = Netlink(NETLINK_NETFILTER)
         self.nl.sock.setsockopt(270, NETLINK_CAP_ACK, 1)   # SOL_NETLINK: errors without our request echoed
 
@@ -461,7 +457,7 @@ def shared() -> NfTables:
     another namespace gets a new one, and the old one is closed), so at
     most one namespace per thread is kept alive by it."""
     client = getattr(_local, "client", None)
-    if client is not None and not client.closed and client.netns == _netns():
+    if client is not None and not client.closed and client.netns == current_inode():
         return client
     if client is not None:
         client.close()

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 
 from . import nfnetlink
 from .errors import NetlinkError, NftError
+from .netns import current_inode
 from .nfnetlink import NfTables, Shape, Unencodable, shared
 
 
@@ -133,18 +134,21 @@ def from_record(items: list) -> list[Element]:
 
 
 # --- applying -----------------------------------------------------------------
-_ctx = None
+_ctx = (0, None)   # (network namespace, libnftables context)
 
 
 def _nft():
+    """The libnftables context for the calling thread's network namespace:
+    a context keeps the netlink socket of the namespace it was made in."""
     global _ctx
-    if _ctx is None:
+    if _ctx[0] != current_inode():
         import nftables
 
-        _ctx = nftables.Nftables()
-        _ctx.set_json_output(True)
-        _ctx.set_handle_output(False)
-    return _ctx
+        ctx = nftables.Nftables()
+        ctx.set_json_output(True)
+        ctx.set_handle_output(False)
+        _ctx = (current_inode(), ctx)
+    return _ctx[1]
 
 
 def run(commands: list[dict]) -> dict:
