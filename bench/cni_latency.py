@@ -11,7 +11,10 @@ networking is untouched and nothing is left behind.
 `--policies N` first loads a large table that is not ours into the node:
 the network-policy engine's tables for N policies over `--policy-pods`
 endpoints (tests/policy_worlds.large_world), to show what other tables on
-a node cost our ADD and DEL.  `--concurrency 0` skips the concurrent runs.
+a node cost our ADD and DEL.  `--resident N` keeps N attachments of each
+variant in place while ADD and DEL are timed: a node that already runs
+containers, where our tables exist (without, every ADD creates them and
+every DEL drops them).  `--concurrency 0` skips the concurrent runs.
 """
 import argparse
 import concurrent.futures
@@ -162,6 +165,9 @@ class Bench:
 
     # --- the figures ---------------------------------------------------------------
     def latency(self):
+        for v in self.variants:
+            for j in range(self.args.resident):
+                self.timed(v, "add", self.new_pod(), f"resident{j}")
         samples = {(v.name, op): [] for v in self.variants for op in ("add", "del")}
         for i in range(self.args.iterations + 1):  # the first round warms caches and is dropped
             for v in self.variants:
@@ -269,6 +275,8 @@ def main(argv=None):
     parser.add_argument("--policies", type=int, default=0,
                         help="load netpolicy's tables for this many policies into the node first")
     parser.add_argument("--policy-pods", type=int, default=5000, help="endpoints of those policies")
+    parser.add_argument("--resident", type=int, default=0,
+                        help="attachments of each variant kept in place while ADD and DEL are timed")
     args = parser.parse_args(argv)
     if args.client == "libcni" and not shutil.which("go"):
         print("go is not installed: falling back to --client pycni", file=sys.stderr)
