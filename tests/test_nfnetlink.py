@@ -12,8 +12,10 @@ batches are in use libnftables is made unavailable, so a silent fallback
 would fail the test.
 
 kernel/nft.py falls back to libnftables, which declares the table, when
-the table is missing, a set is missing or a chain lost its rules; and
-removing elements of a table that is not there changes nothing.
+the table is missing (and it has not yet recorded how to create it), a
+set is missing or a chain lost its rules; a table it creates again over
+netlink from its record is the one libnftables declared; and removing
+elements of a table that is not there changes nothing.
 """
 import ipaddress
 import json
@@ -92,6 +94,19 @@ def listing(netns) -> dict[tuple, set]:
     return found
 
 
+def ruleset(netns) -> list:
+    """Everything `nft -j list ruleset` shows, but handles and the order of
+    set elements (which the kernel's hash sets keep as they please)."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "list", "ruleset"],
+                         check=True, capture_output=True, text=True).stdout
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: sorted(map(nft.canonical, v)) if k == "elem" else strip(v) for k, v in x.items() if k != "handle"}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+    return strip(json.loads(out)["nftables"][1:])   # [0] is the tool's version
+
+
 def expected(elements) -> dict[tuple, set]:
     found = {(t.family, t.name, s): set() for t in TABLES for s in t.sets}
     for t, s, e in elements:
@@ -137,6 +152,7 @@ def chain_rules(netns, family, table, chain) -> int:
 
 @pytest.mark.parametrize("damage", ["no table", "chain flushed", "chain flushed and set deleted"])
 def test_a_table_not_as_declared_is_declared_again(inside, monkeypatch, damage):
+    monkeypatch.setattr(nft, "_creations", {})   # nothing recorded: libnftables creates the table
     table, elements = bridge.MASQUERADE, bridge.masq_elements("10.250.4.2", "10.250.4.0/24")
     if damage != "no table":
         declare_tables()
@@ -160,3 +176,14 @@ def test_removing_from_a_missing_table_changes_nothing(inside, monkeypatch):
     forbid_libnftables(monkeypatch)
     nft.remove_elements(nft.from_record(nft.to_record(ELEMENTS)))
     assert listing(inside) == {}
+
+
+def test_a_table_created_again_over_netlink_is_the_one_libnftables_declared(inside, monkeypatch):
+    monkeypatch.setattr(nft, "_creations", {})
+    nft.add_elements(ELEMENTS)   # declared by libnftables, and recorded
+    declared = ruleset(inside)
+    nft.remove_elements(nft.from_record(nft.to_record(ELEMENTS)))
+    assert ruleset(inside) == []
+    forbid_libnftables(monkeypatch)
+    nft.add_elements(ELEMENTS)
+    assert ruleset(inside) == declared

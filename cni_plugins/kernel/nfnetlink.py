@@ -31,6 +31,7 @@ kind against nft's own listing):
 from __future__ import annotations
 
 import _thread
+import errno
 import ipaddress
 import struct
 
@@ -43,13 +44,37 @@ NETLINK_NETFILTER = 12
 NETLINK_CAP_ACK = 10
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NFT_MSG_DELTABLE, NFT_MSG_GETRULE, NFT_MSG_GETSET = 2, 7, 10
+NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE, NFT_MSG_DELTABLE = 0, 1, 2
+NFT_MSG_NEWCHAIN, NFT_MSG_GETCHAIN, NFT_MSG_NEWRULE, NFT_MSG_GETRULE = 3, 4, 6, 7
+NFT_MSG_NEWSET, NFT_MSG_GETSET = 9, 10
 NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 12, 13, 14
-NFTA_TABLE_NAME = 1
-NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
+_OBJECTS = {NFT_MSG_NEWTABLE: "create table", NFT_MSG_DELTABLE: "delete table", NFT_MSG_NEWCHAIN: "create a chain in",
+            NFT_MSG_NEWSET: "create a set in", NFT_MSG_NEWRULE: "create a rule in"}
+F_EXCL, F_APPEND = 0x200, 0x800
+NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_USERDATA = 1, 2, 6
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY = 1, 3, 4, 5
+NFTA_CHAIN_TYPE, NFTA_CHAIN_FLAGS, NFTA_CHAIN_USERDATA = 7, 10, 12
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_COMPAT, NFTA_RULE_USERDATA = 1, 2, 4, 5, 7
 NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS = 1, 2, 3
 NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN, NFTA_SET_DATA_TYPE, NFTA_SET_DATA_LEN = 4, 5, 6, 7
-NFT_SET_INTERVAL, NFT_SET_MAP, NFT_SET_OBJECT = 0x4, 0x8, 0x40
+NFTA_SET_POLICY, NFTA_SET_DESC, NFTA_SET_ID, NFTA_SET_TIMEOUT, NFTA_SET_GC_INTERVAL = 8, 9, 10, 11, 12
+NFTA_SET_USERDATA, NFTA_SET_EXPR, NFTA_SET_EXPRESSIONS = 13, 17, 18
+NFT_SET_ANONYMOUS, NFT_SET_INTERVAL, NFT_SET_MAP, NFT_SET_EVAL, NFT_SET_OBJECT = 0x1, 0x4, 0x8, 0x20, 0x40
+NFT_CHAIN_BASE = 0x1
+_FLAGS = {NFT_MSG_NEWTABLE: NFTA_TABLE_FLAGS, NFT_MSG_NEWCHAIN: NFTA_CHAIN_FLAGS, NFT_MSG_NEWSET: NFTA_SET_FLAGS}
+_ALLOWED_FLAGS = {NFT_MSG_NEWTABLE: 0, NFT_MSG_NEWCHAIN: NFT_CHAIN_BASE, NFT_MSG_NEWRULE: 0,
+                  NFT_MSG_NEWSET: ~(NFT_SET_ANONYMOUS | NFT_SET_EVAL | NFT_SET_OBJECT)}
+_UNCREATABLE = {NFT_MSG_NEWSET: (NFTA_SET_EXPR, NFTA_SET_EXPRESSIONS), NFT_MSG_NEWRULE: (NFTA_RULE_COMPAT,)}
+# what creates each kind of object, of what the kernel lists about it
+_CREATION = {
+    NFT_MSG_NEWTABLE: (NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_USERDATA),
+    NFT_MSG_NEWCHAIN: (NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_TYPE,
+                       NFTA_CHAIN_USERDATA),
+    NFT_MSG_NEWSET: (NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN,
+                     NFTA_SET_DATA_TYPE, NFTA_SET_DATA_LEN, NFTA_SET_POLICY, NFTA_SET_DESC, NFTA_SET_TIMEOUT,
+                     NFTA_SET_GC_INTERVAL, NFTA_SET_USERDATA),
+    NFT_MSG_NEWRULE: (NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA),
+}
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY_END = 1, 2, 3, 10
@@ -285,44 +310,76 @@ def _shape(attrs: dict[int, bytes]) -> Shape | None:
     return Shape(key, data, bool(flags & NFT_SET_INTERVAL))
 
 
+def _raw_attrs(data: bytes, offset: int):
+    """(type, the attribute as sent, header and flags included) of each."""
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        yield kind & 0x3FFF, data[offset:offset + length] + b"\0" * (-length % 4)
+        offset += length + -length % 4
+
+
 def _name(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode()
 
 
 # --- batches ---------------------------------------------------------------------------
+class _Message:
+    __slots__ = ("kind", "family", "table", "set_name", "flags", "parts")
+
+    def __init__(self, kind: int, family: str, table: str, set_name: str = "", flags: int = 0, parts=()):
+        self.kind, self.family, self.table, self.set_name = kind, family, table, set_name
+        self.flags, self.parts = flags, list(parts)
+
+    def body(self) -> bytes:
+        if self.kind == NFT_MSG_DELTABLE:
+            return attr_str(NFTA_TABLE_NAME, self.table)
+        if self.kind in (NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM):
+            return (attr_str(NFTA_SET_ELEM_LIST_TABLE, self.table) + attr_str(NFTA_SET_ELEM_LIST_SET, self.set_name)
+                    + nested(NFTA_SET_ELEM_LIST_ELEMENTS, *self.parts))
+        return self.parts[0]   # a table, chain, set or rule as the kernel listed it
+
+    def __str__(self) -> str:
+        where = f"{self.family} {self.table}"
+        if self.kind in (NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM):
+            return f"{'add' if self.kind == NFT_MSG_NEWSETELEM else 'delete'} elements of {where} {self.set_name}"
+        return f"{_OBJECTS[self.kind]} {where}"
+
+
 class Batch:
     """Changes to send as one transaction, in the order added: element
-    adds and deletes (consecutive ones of one set share a message) and
-    table deletes."""
+    adds and deletes (consecutive ones of one set share a message), table
+    creations and deletions."""
 
     def __init__(self):
-        self.messages: list[tuple[int, str, str, str, list[bytes]]] = []
+        self.messages: list[_Message] = []
 
     def add(self, op: str, family: str, table: str, set_name: str, elements: list[bytes]) -> None:
         kind = NFT_MSG_NEWSETELEM if op == "add" else NFT_MSG_DELSETELEM
         for element in elements:
             last = self.messages[-1] if self.messages else None
-            if (last is None or last[:4] != (kind, family, table, set_name)
-                    or sum(map(len, last[4])) + len(element) > MESSAGE_BYTES):
-                last = (kind, family, table, set_name, [])
+            if (last is None or (last.kind, last.family, last.table, last.set_name) != (kind, family, table, set_name)
+                    or sum(map(len, last.parts)) + len(element) > MESSAGE_BYTES):
+                last = _Message(kind, family, table, set_name, F_CREATE if kind == NFT_MSG_NEWSETELEM else 0)
                 self.messages.append(last)
-            last[4].append(element)
+            last.parts.append(element)
+
+    def create_table(self, family: str, table: str, objects: list[tuple[int, bytes]]) -> None:
+        """Create a table from what `NfTables.recreation` recorded; refused
+        if the table exists."""
+        for kind, body in objects:
+            flags = {NFT_MSG_NEWTABLE: F_CREATE | F_EXCL, NFT_MSG_NEWRULE: F_CREATE | F_APPEND}.get(kind, F_CREATE)
+            self.messages.append(_Message(kind, family, table, flags=flags, parts=[body]))
 
     def delete_table(self, family: str, table: str) -> None:
-        self.messages.append((NFT_MSG_DELTABLE, family, table, "", []))
+        self.messages.append(_Message(NFT_MSG_DELTABLE, family, table))
 
     def extend(self, other: Batch) -> None:
         self.messages += other.messages
 
     def __len__(self) -> int:
         return len(self.messages)
-
-    @staticmethod
-    def describe(message) -> str:
-        kind, family, table, set_name, _ = message
-        if kind == NFT_MSG_DELTABLE:
-            return f"delete table {family} {table}"
-        return f"{'add' if kind == NFT_MSG_NEWSETELEM else 'delete'} elements of {family} {table} {set_name}"
 
     def encode(self, seq: int) -> bytes:
         """The batch as netlink messages numbered from ``seq`` (the
@@ -332,14 +389,9 @@ class Batch:
             return _HEADER.pack(_HEADER.size + len(payload), kind, flags, number, 0) + payload
 
         parts = [message(NFNL_MSG_BATCH_BEGIN, F_REQUEST, 0, b"", seq)]
-        for i, (kind, family, table, set_name, elements) in enumerate(self.messages, 1):
-            if kind == NFT_MSG_DELTABLE:
-                body = attr_str(NFTA_TABLE_NAME, table)
-            else:
-                body = (attr_str(NFTA_SET_ELEM_LIST_TABLE, table) + attr_str(NFTA_SET_ELEM_LIST_SET, set_name)
-                        + nested(NFTA_SET_ELEM_LIST_ELEMENTS, *elements))
-            flags = F_REQUEST | F_ACK | (F_CREATE if kind == NFT_MSG_NEWSETELEM else 0)
-            parts.append(message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, FAMILIES[family], body, seq + i))
+        for i, m in enumerate(self.messages, 1):
+            parts.append(message((NFNL_SUBSYS_NFTABLES << 8) | m.kind, F_REQUEST | F_ACK | m.flags,
+                                 FAMILIES[m.family], m.body(), seq + i))
         parts.append(message(NFNL_MSG_BATCH_END, F_REQUEST, 0, b"", seq + len(self.messages) + 1))
         return b"".join(parts)
 
@@ -378,13 +430,49 @@ class NfTables:
         try:
             found = self._dump(NFT_MSG_GETSET, family, attr_str(NFTA_SET_TABLE, table))
         except NetlinkError as e:
-            if e.errno == 2:  # ENOENT
+            if e.errno == errno.ENOENT:
                 return None
             raise
         out = {}
         for payload in found:
             attrs = parse_attrs(payload, _NFGEN.size)
             out[_name(attrs[NFTA_SET_NAME])] = _shape(attrs)
+        return out
+
+    def recreation(self, family: str, table: str, chains: list[str]) -> list[tuple[int, bytes]] | None:
+        """What creates the table as it stands now, elements aside: the
+        kernel's own listing of it, the named chains, its sets and rules, as
+        creation messages (for `Batch.create_table`).  None when a chain is
+        missing or something would not be created the same (table or chain
+        flags, sets that are anonymous, updated by rules or hold objects or
+        expressions); named objects are not looked at."""
+        header = _NFGEN.pack(FAMILIES[family], 0, 0)
+
+        def get(kind, body):   # one object (a dump of chains would list every table's)
+            return self.nl.request((NFNL_SUBSYS_NFTABLES << 8) | kind, 0, header + body)
+
+        try:
+            tables = get(NFT_MSG_GETTABLE, attr_str(NFTA_TABLE_NAME, table))
+            chains = [p for c in chains for p in get(NFT_MSG_GETCHAIN, attr_str(NFTA_CHAIN_TABLE, table)
+                                                        + attr_str(NFTA_CHAIN_NAME, c))]
+        except NetlinkError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        sets = self._dump(NFT_MSG_GETSET, family, attr_str(NFTA_SET_TABLE, table))
+        rules = self._dump(NFT_MSG_GETRULE, family, attr_str(NFTA_RULE_TABLE, table))
+        out = []
+        for kind, listing in ((NFT_MSG_NEWTABLE, tables), (NFT_MSG_NEWCHAIN, chains), (NFT_MSG_NEWSET, sets),
+                              (NFT_MSG_NEWRULE, rules)):
+            for payload in listing:
+                attrs = dict(_raw_attrs(payload, _NFGEN.size))
+                flags = _U32.unpack(attrs[_FLAGS[kind]][4:8])[0] if _FLAGS.get(kind) in attrs else 0
+                if flags & ~_ALLOWED_FLAGS[kind] or any(a in attrs for a in _UNCREATABLE.get(kind, ())):
+                    return None
+                body = b"".join(attrs[a] for a in _CREATION[kind] if a in attrs)
+                if kind == NFT_MSG_NEWSET:
+                    body += attr(NFTA_SET_ID, _U32.pack(len(out) + 1))
+                out.append((kind, body))
         return out
 
     def rule_counts(self, family: str, table: str) -> dict[str, int]:
@@ -428,7 +516,7 @@ class NfTables:
                     offset += max(length + (-length % 4), _HEADER.size)
                     if kind != NLMSG_ERROR or not seq <= reply_seq <= changes.stop:
                         continue  # not an answer to this batch
-                    where = f" ({Batch.describe(batch.messages[reply_seq - seq - 1])})" if reply_seq in changes else ""
+                    where = f" ({batch.messages[reply_seq - seq - 1]})" if reply_seq in changes else ""
                     error = error_of(payload, flags, where)
                     if error is not None:
                         first = first or error

@@ -7,13 +7,16 @@ one transaction each.
 
 Element changes go to the kernel as one nf_tables netlink batch
 (nfnetlink.py) when the table stands as declared: every set there with its
-declared type, every chain holding its declared number of rules (one
-query each, well under a millisecond).  Otherwise, or when the kernel
-refuses the batch, they go through libnftables in a transaction that
-re-declares the table's skeleton (chains are flushed and refilled), which
-creates the table or heals one someone flushed.  libnftables is the slow
-path on a node with large tables of others: it first fetches a cache of
-every table in the namespace.
+declared type, every chain holding its declared number of rules (a query
+or two, well under a millisecond).  Otherwise, or when the kernel refuses
+the batch, they go through libnftables in a transaction that re-declares
+the table's skeleton (chains are flushed and refilled), which creates the
+table or heals one someone flushed.  libnftables is the slow path on a
+node with large tables of others: it first fetches a cache of every table
+in the namespace (about 7 ms with 1,000 network policies loaded).  So a
+process records how the kernel holds a table it declared, and when the
+table is absent again (its last element left and it was dropped) creates
+it from that record in the batch that adds the elements.
 
 Deleting an element that may be absent is done as add-then-delete in the
 same transaction (nftables 1.0.6 has no `destroy`; the add also refuses a
@@ -177,21 +180,36 @@ def _tables(elements) -> list:
     return list({(e[0].family, e[0].name): e[0] for e in elements}.values())
 
 
-def _declared_shapes(client: NfTables, table: Table) -> dict | None:
-    """The kernel's shapes of a table's sets when the table stands as
-    declared (each set with its declared type, each chain with its number of
-    rules); None when it is absent or differs, and so must be declared again.
-    A rule changed in place, keeping its chain's count, goes unnoticed.  A
-    table with named counters is always declared: they are not checked here."""
-    shapes = client.sets(table.family, table.name)
+def _as_declared(client: NfTables, table: Table, shapes: dict | None) -> bool:
+    """Whether the table stands as declared: each set there with its
+    declared type (``shapes``: the kernel's, None when the table is absent),
+    each chain with its number of rules.  A rule changed in place, keeping
+    its chain's count, goes unnoticed.  A table with named counters is
+    always declared again: they are not checked here."""
     if shapes is None or table.counters:
-        return None
+        return False
     if any(shapes.get(name) != Shape.declared(spec) for name, spec in table.sets.items()):
-        return None
+        return False
     counts = client.rule_counts(table.family, table.name)
-    if any(counts.get(chain, 0) != len(rules) for chain, (_, rules) in table.chains.items()):
-        return None
-    return shapes
+    return all(counts.get(chain, 0) == len(rules) for chain, (_, rules) in table.chains.items())
+
+
+# Table -> what creates it over netlink, as the kernel listed it right after
+# libnftables declared it in this process (see `add_elements`)
+_creations: dict = {}
+
+
+def _record_creation(tables: list) -> None:
+    """Record how to create each table, when it holds just what it declares."""
+    for t in tables:
+        if t in _creations or t.counters:
+            continue
+        try:
+            objects = shared().recreation(t.family, t.name, list(t.chains))
+        except OSError:
+            continue
+        if objects and len(objects) == 1 + len(t.chains) + len(t.sets) + sum(len(r) for _, r in t.chains.values()):
+            _creations[t] = objects
 
 
 def _wire(shapes: dict, element: Element, with_data: bool) -> list[bytes]:
@@ -209,16 +227,20 @@ def _encode(batch: nfnetlink.Batch, op: str, shapes: dict, elements: list[Elemen
 
 
 def _add_by_netlink(elements: list[Element]) -> bool:
-    """Add through one netlink batch; False (nothing changed) when the
-    tables must be declared first, or the kernel refused the batch."""
+    """Add through one netlink batch, which also creates a table that is
+    absent when this process has recorded how; False (nothing changed) when
+    a table must be declared by libnftables, or the kernel refused."""
     try:
         client = shared()
-        shapes = {}
+        shapes, batch = {}, nfnetlink.Batch()
         for t in _tables(elements):
-            shapes[(t.family, t.name)] = _declared_shapes(client, t)
-            if shapes[(t.family, t.name)] is None:
+            found = client.sets(t.family, t.name)
+            if found is None and _creations.get(t):
+                batch.create_table(t.family, t.name, _creations[t])
+                found = {name: Shape.declared(spec) for name, spec in t.sets.items()}
+            elif not _as_declared(client, t, found):
                 return False
-        batch = nfnetlink.Batch()
+            shapes[(t.family, t.name)] = found
         _encode(batch, "add", shapes, elements)
         client.commit(batch)
     except (OSError, Unencodable):
@@ -228,13 +250,17 @@ def _add_by_netlink(elements: list[Element]) -> bool:
 
 def add_elements(elements: list[Element]) -> None:
     """Add elements in one transaction; each element's table is a Table,
-    declared (with its skeleton) when it is not there as declared."""
+    declared (with its skeleton) when it is not there as declared.  The
+    first declaration in a process goes through libnftables, and is then
+    recorded to be repeated over netlink when the table is absent again
+    (after the last element left, the table was dropped)."""
     if not elements:
         return
     with locked():
         if not _add_by_netlink(elements):
-            cmds = [c for t in _tables(elements) for c in t.skeleton()]
-            run(cmds + [element_command(t, "add", s, e) for t, s, e in elements])
+            tables = _tables(elements)
+            run([c for t in tables for c in t.skeleton()] + [element_command(t, "add", s, e) for t, s, e in elements])
+            _record_creation(tables)
 
 
 def _removal(group: list[Element]) -> list[dict]:
