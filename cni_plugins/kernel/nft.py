@@ -200,9 +200,13 @@ _creations: dict = {}
 
 
 def _record_creation(tables: list) -> None:
-    """Record how to create each table, when it holds just what it declares."""
+    """Record how to create each table libnftables just declared, when it
+    holds just what it declares.  Any older record is dropped first: this
+    runs only when the netlink path was refused or unusable, and a record
+    that failed to create its table must not be tried on every ADD."""
     for t in tables:
-        if t in _creations or t.counters:
+        _creations.pop(t, None)
+        if t.counters:   # named counters are not in a recreation
             continue
         try:
             objects = shared().recreation(t.family, t.name, list(t.chains))
