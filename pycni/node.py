@@ -154,13 +154,13 @@ def _policy_duty(args):
     from cni_plugins.core.request import DEFAULT_STATE_DIR
     from netpolicy.service import DEFAULT_SOCKET
 
+    missing = [d for d in args.policy_dir or () if not os.path.exists(d)]
+    if missing:
+        raise SettingsError(f"policy: {', '.join(missing)}: no such file or directory")
     socket_name = args.policy_socket or DEFAULT_SOCKET
     if _answers(socket_name):
         raise SettingsError(f"policy: a controller already serves @{socket_name} in this network namespace "
                             "(another agent?)")
-    missing = [d for d in args.policy_dir or () if not os.path.exists(d)]
-    if missing:
-        raise SettingsError(f"policy: {', '.join(missing)}: no such file or directory")
     overlay = _overlay_config(args)
     return PolicyDuty(node=overlay.node_name if overlay else (args.node_name or os.uname().nodename),
                       state_dir=args.state_dir or os.environ.get("PYCNI_STATE_DIR") or DEFAULT_STATE_DIR,

@@ -43,17 +43,26 @@ def settings(plan: dict, host: dict) -> dict:
             "stateFile": state_path(os.path.join(host["dir"], "run"), overlay["cluster"])}
 
 
+def command(plan: dict, host: dict) -> list[str]:
+    """The host's `pycni agent`: the overlay duty with its settings file,
+    the policy duty with its flags."""
+    p = paths(host)
+    cmd = [sys.executable, "-m", "pycni.cli", "agent", "--node-name", host["name"], "--status-file", p["status"]]
+    if plan["overlay"]:
+        cmd += ["--overlay-config", p["config"]]
+    if plan.get("policy"):
+        cmd += policy.agent_flags(plan, host)
+    return cmd
+
+
 def start(plan: dict, host: dict) -> None:
     from ..install import search_path
 
     p = paths(host)
-    cmd = [sys.executable, "-m", "pycni.cli", "agent", "--node-name", host["name"], "--status-file", p["status"]]
     if plan["overlay"]:
         write_atomic(p["config"], json.dumps(settings(plan, host), indent=2).encode())
-        cmd += ["--overlay-config", p["config"]]
-    if plan.get("policy"):
-        cmd += policy.agent_flags(plan, host)
-    processes.spawn(cmd, p["log"], p["pid"], netns=host["netns"], env={"PYTHONPATH": os.pathsep.join(search_path())})
+    processes.spawn(command(plan, host), p["log"], p["pid"], netns=host["netns"],
+                    env={"PYTHONPATH": os.pathsep.join(search_path())})
 
 
 def running(host: dict) -> int | None:

@@ -97,6 +97,18 @@ def publish(state: dict) -> None:
                 raise LabError(f"cannot write the policies into the overlay's store: {e}") from None
 
 
+def forget_host(state: dict, host: dict) -> None:
+    """Take a leaving host's pods out of the overlay's store (its agent
+    removed those it knew of; one that died could not)."""
+    try:
+        with cluster_store(state) as store:
+            if store is not None:
+                for attachment in store.published(host["name"]).values():
+                    store.publish(host["name"], attachment, None)
+    except OSError as e:
+        raise LabError(f"cannot take host {host['name']}'s pods out of the overlay's store: {e}") from None
+
+
 def withdraw(state: dict, log) -> None:
     """Take the lab's objects out of the overlay's store (an etcd of the
     user's outlives the lab); best effort, for `down`."""

@@ -143,6 +143,8 @@ def converge(state: dict, plan: dict, log) -> None:
         log(f"host {host['name']}: removing")
         if agents.needed(state) and not agents.stop(host):
             raise LabError(f"host {host['name']}: its agent would not stop")
+        if state.get("policy"):
+            policy.forget_host(state, host)
         hosts.remove(host)
         state["hosts"].remove(host)
         save_state(state)
