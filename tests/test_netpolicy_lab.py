@@ -33,6 +33,8 @@ import yaml
 
 from conftest import unique
 from policy_eval import Cluster
+from test_netpolicy_enforce import netpol
+from test_netpolicy_enforce import pods_labelled as labelled
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, nftables)")
 
@@ -41,15 +43,6 @@ NAMESPACES = ("x", "y", "z")
 PODS = ("a", "b", "c")
 TARGETS = ("80/tcp", "80/udp", "53/tcp", "53/udp")
 TIMEOUT = "0.6"
-
-
-def netpol(name, namespace, **spec):
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
-
-
-def labelled(**labels):
-    return {"matchLabels": labels}
 
 
 class PolicyLab:
