@@ -154,7 +154,8 @@ class PolicyLab:
         where = self.status["networkPolicy"]
         args = ["policy", "explain", src, dst, f"{port}/{protocol.upper()}", "-f", where["objects"]]
         if where["store"]:
-            args += ["--store", where["store"], *(["--store-prefix", where["storePrefix"]] if where["storePrefix"] else [])]
+            args += ["--store", where["store"]]
+            args += ["--store-prefix", where["storePrefix"]] if where["storePrefix"] else []
         else:
             args += ["--state-dir", where["stateDirs"]["h1"]]
         if self.kind == "overlay-etcd":   # the lab's etcd is on the lab switch: ask from a host

@@ -148,7 +148,8 @@ def test_probe_targets_plan_and_matrix():
 
 
 def test_the_agent_serves_only_callers_that_see_the_netpolicy_label_dir():
-    assert request_paths({}, json.dumps({"type": "netpolicy", "labelsDir": "/srv/labels"}).encode())[-1] == "/srv/labels"
+    config = {"type": "netpolicy", "labelsDir": "/srv/labels"}
+    assert request_paths({}, json.dumps(config).encode())[-1] == "/srv/labels"
     assert request_paths({}, b'{"type": "netpolicy"}')[-1] == "/etc/pycni/netpolicy/pods"
     assert "/etc/pycni/netpolicy/pods" not in request_paths({}, b'{"type": "bridge"}')
 

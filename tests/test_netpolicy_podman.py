@@ -159,14 +159,13 @@ def test_a_policy_file_blocks_one_direction_and_another_reopens_it(node, agent, 
     b = penv.run_container(b_name, net, cmd=server)
     eventually(lambda: answers(penv, a, b) and answers(penv, b, a), "both containers to answer")
 
-    (agent / "deny.yaml").write_text(yaml.safe_dump(netpol("server-deny", podSelector={"matchLabels": {"app": "server"}},
-                                                           policyTypes=["Ingress"])))
+    servers = {"matchLabels": {"app": "server"}}
+    (agent / "deny.yaml").write_text(yaml.safe_dump(netpol("server-deny", podSelector=servers, policyTypes=["Ingress"])))
     eventually(lambda: not answers(penv, a, b), "the deny policy")
     assert answers(penv, b, a)                  # one direction only: b may still reach a
 
-    (agent / "allow.yaml").write_text(yaml.safe_dump(netpol("server-from-clients", podSelector={
-        "matchLabels": {"app": "server"}}, ingress=[{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
-                                                     "ports": [{"port": PORT}]}])))
+    (agent / "allow.yaml").write_text(yaml.safe_dump(netpol("server-from-clients", podSelector=servers, ingress=[
+        {"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": PORT}]}])))
     eventually(lambda: answers(penv, a, b), "the allow policy")
     assert answers(penv, b, a)
     registered = list((tmp_path / "state" / "netpolicy" / "endpoints").iterdir())

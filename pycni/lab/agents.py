@@ -96,7 +96,8 @@ def ensure_running(plan: dict, hosts: list[dict], log) -> None:
 
 def stop(host: dict, sig: int = signal.SIGTERM) -> bool:
     """SIGTERM: the agent leaves the overlay (lease released, dataplane
-    removed; network policy's tables stay, with the host's namespace).  An agent its pid file lost track of (its own status file
+    removed; network policy's tables stay, until the host's namespace
+    goes).  An agent its pid file lost track of (its own status file
     names it, and it was started with that very file) is stopped too."""
     p = paths(host)
     stopped = processes.stop(p["pid"], sig)

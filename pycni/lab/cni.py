@@ -8,7 +8,7 @@ import os
 
 from .. import libcni
 from . import policy
-from .hosts import add_namespace, delete_namespace, netns_exists
+from .hosts import add_namespace, delete_namespace, netns_exists, state_dir
 from .spec import LOOPBACK_NET
 
 
@@ -83,7 +83,7 @@ def _cni_for(plan: dict, host: dict) -> libcni.CNIConfig:
     return libcni.CNIConfig(
         [plan["binDir"]],
         os.path.join(host["dir"], "cache"),
-        env={"PYCNI_STATE_DIR": os.path.join(host["dir"], "state"),
+        env={"PYCNI_STATE_DIR": state_dir(host),
              "PYCNI_RUN_DIR": os.path.join(host["dir"], "run")},
         exec_netns=f"/run/netns/{host['netns']}",
     )

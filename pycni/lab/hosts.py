@@ -52,6 +52,12 @@ def plug(netns: str, veth: str, address: str, switch: str) -> None:
     announce(netns, address)
 
 
+def state_dir(host: dict) -> str:
+    """The host's PYCNI_STATE_DIR: the plugins run for its pods keep their
+    records there, and its agent the netpolicy plugin's registrations."""
+    return os.path.join(host["dir"], "state")
+
+
 def create(host: dict, switch: str | None) -> None:
     for sub in ("net.d", "cache", "ipam", "state", "run"):
         os.makedirs(os.path.join(host["dir"], sub), exist_ok=True)

@@ -29,7 +29,7 @@ from cni_plugins import netpolicy as plugin
 from cni_plugins.core.errors import CNIError
 from cni_plugins.core.records import write_atomic
 
-from .hosts import inside
+from .hosts import inside, state_dir
 from .spec import LabError
 
 PUBLISH_TIMEOUT = 30.0
@@ -62,10 +62,11 @@ def objects_dir(plan: dict) -> str:
 
 
 def agent_flags(plan: dict, host: dict) -> list[str]:
-    """The policy duty's flags: the host's own state dir (where the plugins
-    run for its pods keep theirs), and the objects' directory or, on an
-    overlay lab, the overlay's store (the agent's overlay settings)."""
-    flags = ["--network-policy", "--state-dir", os.path.join(host["dir"], "state")]
+    """The policy duty's flags: the host's state dir (the netpolicy plugin's
+    registrations beside the other plugins' records), and the objects'
+    directory or, on an overlay lab, the overlay's store (the agent's
+    overlay settings)."""
+    flags = ["--network-policy", "--state-dir", state_dir(host)]
     return flags if plan["overlay"] else flags + ["--policy-dir", objects_dir(plan)]
 
 

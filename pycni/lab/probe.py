@@ -284,5 +284,6 @@ def format_report(report: dict) -> str:
                       " " * width + "  " + " ".join(pods)]
             for src in pods:
                 row = [("." if cells[(src, dst)] else "X") if (src, dst) in cells else "-" for dst in pods]
-                lines.append(src.ljust(width) + "  " + " ".join(c.ljust(len(dst)) for c, dst in zip(row, pods)).rstrip())
+                cells_text = " ".join(c.ljust(len(dst)) for c, dst in zip(row, pods))
+                lines.append(f"{src.ljust(width)}  {cells_text}".rstrip())
     return "\n".join(lines)

@@ -4,9 +4,7 @@ labels), and where the lab's policy objects and pods are, as JSON or as
 tables."""
 from __future__ import annotations
 
-import os
-
-from . import agents, etcd, policy
+from . import agents, etcd, hosts, policy
 from .spec import LabError
 
 
@@ -38,7 +36,7 @@ def _policy(state: dict) -> dict:
         store = (f"file:{overlay['storePath']}" if overlay["store"] == "file"
                  else "etcd:" + ",".join(overlay["etcdEndpoints"]))
     return {"objects": policy.objects_dir(state), "store": store, "storePrefix": (overlay or {}).get("etcdPrefix"),
-            "stateDirs": {h["name"]: os.path.join(h["dir"], "state") for h in state["hosts"]},
+            "stateDirs": {h["name"]: hosts.state_dir(h) for h in state["hosts"]},
             "namespaces": {o["metadata"]["name"]: o["metadata"].get("labels", {})
                            for o in state["objects"] if o.get("kind") == "Namespace"},
             "policies": [f"{o['metadata'].get('namespace', 'default')}/{o['metadata']['name']}"
