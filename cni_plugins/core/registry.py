@@ -15,6 +15,10 @@ PLUGINS = {
     "bandwidth": "cni_plugins.bandwidth",
     "dnsname": "cni_plugins.dnsname.plugin",
 }
+# The types an ``ipam.type`` may name among ours: the others are interface
+# or chained plugins, and delegating to one (our bridge as its own IPAM)
+# would recurse.
+IPAM = ("host-local",)
 
 
 def load(plugin_type: str):

@@ -95,11 +95,20 @@ def _not_json(constant: str):
     raise ValueError(f"{constant} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value - value != 0:  # inf (NaN never gets here: parse_constant)
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
 def parse_config(raw: bytes) -> dict:
-    """Strict JSON: no NaN or Infinity (whatever we print must be JSON
-    again), and nesting too deep to decode is a decode failure too."""
+    """Strict JSON: no NaN or Infinity, nor a number too large for a double
+    (1e999: Go's decoder refuses it, Python's makes it Infinity, and
+    whatever we print must be JSON again); nesting too deep to decode is a
+    decode failure too."""
     try:
-        config = json.loads(raw or b"null", parse_constant=_not_json)
+        config = json.loads(raw or b"null", parse_constant=_not_json, parse_float=_finite)
     except RecursionError:
         raise CNIError(DECODE_FAILURE, "cannot decode network config: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
