@@ -13,7 +13,7 @@ import errno
 import ipaddress
 import os
 
-from .core import delegate, version
+from .core import delegate, names, version
 from .core.attachment import commit, release, store_for
 from .core.config import bad_config, typed, unicast_mac
 from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS, UNKNOWN_CONTAINER, \
@@ -127,8 +127,9 @@ def parse_config(req: Request) -> BridgeConfig:
     backend = get("ipMasqBackend", str, "nftables")
     if backend not in ("nftables", "iptables"):
         raise bad_config(PLUGIN, f"unknown ipMasqBackend {backend!r}")
-    if not cfg.bridge or len(cfg.bridge) > 15:
-        raise bad_config(PLUGIN, f"invalid bridge name {cfg.bridge!r}")
+    problem = names.ifname_problem(cfg.bridge)
+    if problem:
+        raise bad_config(PLUGIN, f"'bridge': {problem}")
     if cfg.is_default_gateway:
         cfg.is_gateway = True  # as the reference: a default gateway is a gateway
     if cfg.mtu and not 68 <= cfg.mtu <= 65535:

@@ -35,13 +35,14 @@ class Raw:
         return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity", "1e999": "1e999", "-1e999": "-1e999",
                 "digits": "1" * 5000, "deep": "[" * 100_000 + "]" * 100_000, "surrogate": '"\\ud800"',
                 "nul": '"a\\u0000b"', "-0": "-0", "1.0": "1.0", "1E2": "1E2", "dupkeys": '{"a": 1, "a": [2]}',
-                "bigint": "123456789012345678901234567890"}[self.name]
+                "bigint": "123456789012345678901234567890", "hugestring": '"' + "x" * 70_000 + '"'}[self.name]
 
 
 # Raw values a strict JSON decoder (and Go's) refuses: the plugin must say 6
 UNDECODABLE = {"nan", "inf", "-inf", "1e999", "-1e999", "digits", "deep"}
-RAWS = st.sampled_from(["nan", "inf", "-inf", "1e999", "-1e999", "digits", "deep", "surrogate", "nul", "-0",
-                        "1.0", "1E2", "dupkeys", "bigint"]).map(Raw)
+RAW_NAMES = ("nan", "inf", "-inf", "1e999", "-1e999", "digits", "deep", "surrogate", "nul", "-0", "1.0", "1E2",
+             "dupkeys", "bigint", "hugestring")
+RAWS = st.sampled_from(RAW_NAMES).map(Raw)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ _TEXT = st.one_of(
 _INTS = st.one_of(st.integers(-10, 70_000), st.sampled_from([-1, 0, 2 ** 31, 2 ** 32, 2 ** 63, 2 ** 64, 10 ** 30,
                                                              -(2 ** 63), 4095, 65536]))
 _FLOATS = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([1.5, 1e308, -0.0, 1e-300]))
+# strings that break names and paths: no Unicode, NUL, too many bytes, separators, huge
+HOSTILE_STRINGS = st.sampled_from([Raw("surrogate"), Raw("nul"), "\u00e9" * 8, "a b", "a/b", "../x", ".", "", "x" * 300,
+                                   Raw("hugestring"), "\t", "-", "\ufffd", "@ADDR@/33", "@NET@:1"])
 _LEAF = st.one_of(st.none(), st.booleans(), _INTS, _FLOATS, _TEXT, RAWS)
 JUNK = st.recursive(_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                    st.dictionaries(_TEXT, inner, max_size=3)), max_leaves=6)
@@ -293,15 +297,14 @@ def _edit(draw, fields: dict):
     paths = sorted(fields, key=repr) + sorted(COMMON, key=repr)
     path = draw(st.sampled_from(paths))
     known = fields.get(path) or COMMON.get(path) or []
-    value = draw(st.one_of(st.sampled_from(known), JUNK, st.just(DELETE)) if known else
-                 st.one_of(JUNK, st.just(DELETE)))
+    value = draw(st.one_of(*([st.sampled_from(known)] if known else []), HOSTILE_STRINGS, JUNK, st.just(DELETE)))
     return path, value
 
 
 @st.composite
 def _prev_edit(draw):
     path = draw(st.sampled_from(sorted(PREV_FIELDS, key=repr)))
-    return path, draw(st.one_of(st.sampled_from(PREV_FIELDS[path]), JUNK, st.just(DELETE)))
+    return path, draw(st.one_of(st.sampled_from(PREV_FIELDS[path]), HOSTILE_STRINGS, JUNK, st.just(DELETE)))
 
 
 def plugin_input(plugin: str):
@@ -322,7 +325,7 @@ def plugin_input(plugin: str):
         args=_often(BASE_ARGS.get(plugin, ""), _ARGS, 85),
         path=_often("bin", st.sampled_from(PATH_FORMS), 92),
         version=st.sampled_from(cni_version.SUPPORTED[::-1]),
-        edits=st.lists(_edit(FIELDS[plugin]), max_size=3).map(tuple),
+        edits=st.lists(_edit(FIELDS[plugin]), max_size=4).map(tuple),
         raw=_often("", st.sampled_from(sorted(RAW_DOCUMENT)), 92),
         prev=prev,
         agent=st.booleans(),
@@ -415,8 +418,7 @@ def serialize(doc, raw: str) -> tuple[bytes, bool]:
     mutation applied; and whether a strict decoder must refuse them."""
     text = json.dumps(doc)
     undecodable = RAW_DOCUMENT[raw]
-    for name in sorted({n for n in ("nan", "inf", "-inf", "1e999", "-1e999", "digits", "deep", "surrogate", "nul",
-                                    "-0", "1.0", "1E2", "dupkeys", "bigint") if f'"@@RAW:{n}@@"' in text}):
+    for name in sorted({n for n in RAW_NAMES if f'"@@RAW:{n}@@"' in text}):
         undecodable = undecodable or name in UNDECODABLE
         text = text.replace(f'"@@RAW:{name}@@"', Raw(name).text)
     data = text.encode("utf-8", "surrogatepass")

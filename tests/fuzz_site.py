@@ -142,6 +142,7 @@ class Site:
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         proc.stdin.write(stdin)
         proc.stdin.close()
+        proc.stdin = None  # written: communicate() only reads
         return proc
 
     def bridge_config(self, version: str = "1.0.0", **extra) -> dict:

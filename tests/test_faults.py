@@ -6,9 +6,10 @@ A runtime drives the chain bridge (host-local, ipMasq) -> portmap ->
 firewall for containers on a private node (tests/fuzz_site.py), as libcni
 does: ADD plugin by plugin with the previous result, and when anything
 fails, DEL of the whole chain in reverse (with the cached result when the
-ADD had completed).  A kill is a real SIGKILL at a real moment: a seeded
-delay of 0-50 ms after the plugin process starts, sent to that process or
-to the agent serving it (which is then restarted, as systemd would).
+ADD had completed).  A kill is a real SIGKILL at a real moment: after a
+seeded delay of 0-100 % of such a run's usual duration (learnt as it
+goes) from the plugin's start, sent to the plugin process or to the agent
+serving it (which is then restarted, as systemd would).
 After every recovery the node must hold exactly what the live containers
 need: one veth each, one address file each (no address twice), one record
 per plugin each, and the nft elements of their addresses and ports, once.
@@ -29,8 +30,8 @@ from fuzz_site import NETWORK, Site
 
 SEED = int(os.environ.get("PYCNI_FUZZ_SEED", "1123"))
 SCALE = float(os.environ.get("PYCNI_FUZZ_SCALE", "1"))
-ROUNDS = max(1, round(30 * SCALE))
-CONTAINERS = max(2, round(10 * SCALE))
+ROUNDS = max(1, round(40 * SCALE))
+CONTAINERS = max(2, round(12 * SCALE))
 SLOTS = 4
 CHAIN = ("bridge", "portmap", "firewall")
 VERSION = "1.0.0"
@@ -43,6 +44,16 @@ def site(request, bin_dir, tmp_path):
     s.close()
 
 
+@pytest.fixture
+def report(request, pytestconfig):
+    """Prints how many kills hit a run in flight, whatever -q says."""
+    lines = []
+    yield lines.append
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        reporter.write_line(f"{request.node.name}: {line}")
+
+
 class Runtime:
     """A runtime's view of the chain on one node: ADD/DEL of containers,
     each in its own netns, with an optional kill during one plugin run."""
@@ -51,7 +62,10 @@ class Runtime:
         self.site, self.pods = site, pods
         self.problems: list[str] = []
         self.refusals: list[str] = []   # failures not caused by a kill of the run itself
+        self.interrupted = {"plugin": 0, "agent": 0}  # kills that hit a run before it ended
+        self.usual: dict = {}   # (plugin, command) -> seconds a run takes
         self._lock = threading.Lock()
+        self._agent_lock = threading.Lock()
 
     def config(self, plugin: str, slot: int, prev) -> bytes:
         if plugin == "bridge":
@@ -66,17 +80,22 @@ class Runtime:
         return json.dumps(conf).encode()
 
     def run(self, plugin: str, command: str, slot: int, prev, kill=None):
-        """One plugin run; ``kill`` = (delay, target): SIGKILL the plugin or
-        the agent that long after the start.  Returns (rc, stdout)."""
+        """One plugin run; ``kill`` = (fraction, target): SIGKILL the plugin
+        or the agent that fraction of the run's usual duration after its
+        start.  Returns (rc, stdout)."""
         env = self.site.environ(command, container_id=f"fault{slot}", netns_path=f"/run/netns/{self.pods[slot]}")
+        started = time.monotonic()
         proc = self.site.start(plugin, env, self.config(plugin, slot, prev))
         if kill is not None:
-            delay, target = kill
-            time.sleep(delay)
+            fraction, target = kill
+            time.sleep(fraction * self.usual.get((plugin, command), 0.05))
+            running = proc.poll() is None
             if target == "plugin":
                 proc.kill()
             else:
                 self.kill_agent()
+            with self._lock:
+                self.interrupted[target] += running
         out, err = proc.communicate(timeout=120)
         if proc.returncode != -signal.SIGKILL:
             found = output_problems(proc.returncode, out, err.decode(errors="replace"), command, VERSION)
@@ -84,18 +103,24 @@ class Runtime:
                 self.problems += [f"{plugin} {command} fault{slot}: {p}" for p in found]
                 if proc.returncode != 0 and not found:
                     self.refusals.append(json.loads(out))
+                if kill is None and proc.returncode == 0:  # how long such a run takes, lately
+                    took, key = time.monotonic() - started, (plugin, command)
+                    self.usual[key] = (self.usual.get(key, took) + took) / 2
         return proc.returncode, out
 
     def kill_agent(self) -> None:
         agent = self.site.agent
-        if agent is not None and agent.proc.poll() is None:
-            agent.proc.send_signal(signal.SIGKILL)
-            agent.proc.wait()
+        with self._agent_lock:
+            if agent is not None and agent.proc.poll() is None:
+                agent.proc.send_signal(signal.SIGKILL)
+                agent.proc.wait()
 
     def revive_agent(self) -> None:
+        """Start the agent again if it was killed (not while it starts)."""
         agent = self.site.agent
-        if agent is not None and agent.proc.poll() is not None:
-            agent.start()
+        with self._agent_lock:
+            if agent is not None and agent.proc.poll() is not None:
+                agent.start()
 
     def add(self, slot: int, kill=None, step: int = 0):
         """ADD of the chain (the kill during plugin ``step``); the result,
@@ -132,12 +157,12 @@ def holdings(site: Site, live: dict[int, dict]) -> dict:
     seen = site.observe()
     addresses = {slot: r["ips"][0]["address"].split("/")[0] for slot, r in live.items()}
     data = site.data / NETWORK
-    owners = sorted(p.read_text().split("\r\n")[0] for p in data.iterdir()
+    owners = sorted(p.read_bytes().decode().split("\r\n")[0] for p in data.iterdir()
                     if p.name[0].isdigit()) if data.is_dir() else []
     nft = {table: dict(sets) for table, sets in seen["nft"].items()}
 
     def elements(table, name):
-        return sorted(json.loads(e) for e in nft.get(table, {}).get(name, []))
+        return [json.loads(e) for e in nft.get(table, {}).get(name, [])]
 
     return {
         "host veths": (len([link for link in seen["node links"] if link[2] == site.bridge]), len(live)),
@@ -147,9 +172,9 @@ def holdings(site: Site, live: dict[int, dict]) -> dict:
         "records": ({kind: sorted(p.name.split(":")[0] for p in (site.state / kind / NETWORK).glob("*.json"))
                      for kind in CHAIN},
                     {kind: sorted(f"fault{slot}" for slot in live) for kind in CHAIN}),
-        "masquerade": (elements("inet pycni_bridge", "masq4"), sorted(addresses.values())),
+        "masquerade": (sorted(elements("inet pycni_bridge", "masq4")), sorted(addresses.values())),
         "published ports": (len(elements("inet pycni_portmap", "addr4")), len(live)),
-        "firewall": (elements("inet pycni_firewall", "ctr4"), sorted(addresses.values())),
+        "firewall": (sorted(elements("inet pycni_firewall", "ctr4")), sorted(addresses.values())),
         "tables when idle": (sorted(nft) if not live else [], []),
         "temporary files": ([f for f in seen["files"] if ".tmp" in f], []),
     }
@@ -166,15 +191,15 @@ def check_node(site: Site, live: dict, runtime: Runtime, what: str) -> None:
 
 
 # --- the tests ------------------------------------------------------------------------------
-def test_kill_at_random_moments_then_del_and_add_again(site, make_netns):
+def test_kill_at_random_moments_then_del_and_add_again(site, make_netns, report):
     rng = random.Random(SEED)
     runtime = Runtime(site, [make_netns("pflt") for _ in range(SLOTS)])
     targets = ["plugin", "agent"] if site.agent is not None else ["plugin"]
-    live, kills = {}, 0
+    live, kills = {0: runtime.add(0)}, 0   # also learns how long runs take
     for round_ in range(ROUNDS):
         slot, phase, step = rng.randrange(SLOTS), rng.choice(["ADD", "DEL"]), rng.randrange(len(CHAIN))
-        kill = (rng.uniform(0, 0.05), rng.choice(targets))
-        what = f"round {round_}: {kill[1]} killed {kill[0] * 1000:.0f} ms into {CHAIN[step]} {phase} of fault{slot}"
+        kill = (rng.random(), rng.choice(targets))
+        what = f"round {round_}: {kill[1]} killed {kill[0]:.0%} into {CHAIN[step]} {phase} of fault{slot}"
         if phase == "ADD":
             if slot in live:
                 assert runtime.delete(slot, live.pop(slot)), runtime.problems
@@ -192,27 +217,26 @@ def test_kill_at_random_moments_then_del_and_add_again(site, make_netns):
         assert runtime.delete(slot, live.pop(slot)), runtime.problems
     check_node(site, live, runtime, "deleting every container")
     assert site.observe() == site.pristine
-    assert kills == ROUNDS
+    report(f"seed {SEED}: {kills} kills, {runtime.interrupted} of them during a run")
+    assert sum(runtime.interrupted.values()) >= ROUNDS // 4  # the delays do hit runs in flight
 
 
-def test_concurrent_adds_and_dels_with_random_kills(site, make_netns):
+def test_concurrent_adds_and_dels_with_random_kills(site, make_netns, report):
     """Many containers at once, each killed at random moments of its ADD and
     DEL (with the agent: the agent killed too, while requests are in flight)."""
     runtime = Runtime(site, [make_netns("pflt") for _ in range(CONTAINERS)])
     targets = ["plugin", "agent"] if site.agent is not None else ["plugin"]
-    agent_restart = threading.Lock()
 
     def life(slot):
         rng = random.Random(SEED * 1000 + slot)
 
         def maybe_kill():
-            return (rng.uniform(0, 0.05), rng.choice(targets)) if rng.random() < 0.6 else None
+            return (rng.random(), rng.choice(targets)) if rng.random() < 0.6 else None
 
         def recover(prev):
             """The runtime's DEL, again while the agent is killed under it."""
             for _ in range(4):
-                with agent_restart:
-                    runtime.revive_agent()
+                runtime.revive_agent()
                 if runtime.delete(slot, prev):
                     return
             raise AssertionError(f"DEL of fault{slot} never succeeded: {runtime.problems} {runtime.refusals}")
@@ -242,3 +266,4 @@ def test_concurrent_adds_and_dels_with_random_kills(site, make_netns):
         assert all(pool.map(lambda s: runtime.delete(s, live[s]), list(live))), runtime.problems
     check_node(site, {}, runtime, "deleting every container")
     assert site.observe() == site.pristine
+    report(f"seed {SEED}: {CONTAINERS} containers, kills during a run: {runtime.interrupted}")

@@ -49,3 +49,36 @@ def test_a_prev_result_that_is_no_valid_result_is_refused_not_passed_through(bin
             "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}
     rc, out = exec_plugin(bin_dir, plugin, "ADD", conf, netns=f"/run/netns/{netns}")
     assert rc == 1 and out["code"] == 7 and "prevResult" in out["msg"], out
+
+
+def test_a_lone_surrogate_decodes_as_go_does_and_nul_is_refused_naming_the_field(bin_dir, net, netns, state_dirs):
+    """A lone surrogate escape reached paths and netlink as text that has no
+    UTF-8 (UnicodeEncodeError: 999), NUL reached paths (ValueError: 999).
+    Now the first becomes U+FFFD, as in Go's decoder, and NUL is code 7."""
+    raw = json.dumps({**net, "dns": {"nameservers": ["10.0.0.1"], "search": ["@"]}}).replace('"@"', '"a\\ud800"')
+    rc, res = exec_plugin(bin_dir, "bridge", "ADD", raw, netns=f"/run/netns/{netns}")
+    assert rc == 0 and res["dns"]["search"] == ["a\ufffd"], res
+    assert delete(bin_dir, net, netns) == (0, None)
+    raw = json.dumps({**net, "ipam": {**net["ipam"], "dataDir": "@"}}).replace('"@"', '"/tmp/x\\u0000y"')
+    rc, out = exec_plugin(bin_dir, "bridge", "ADD", raw, netns=f"/run/netns/{netns}")
+    assert rc == 1 and out["code"] == 7 and "ipam.dataDir holds NUL" in out["msg"], out
+    assert nothing_left(net, state_dirs)
+
+
+@pytest.mark.parametrize("name", ["\u00e9" * 8, "a b", "a/b", "."])
+def test_a_bridge_name_the_kernel_refuses_is_code_7(bin_dir, net, netns, state_dirs, name):
+    """16 bytes in 8 characters passed the length check (a netlink ERANGE
+    reached the runtime as 5, "I/O failure"), 'a b' became 103."""
+    rc, out = add(bin_dir, {**net, "bridge": name}, netns)
+    assert rc == 1 and out["code"] == 7 and "invalid interface name" in out["msg"], out
+    assert nothing_left(net, state_dirs)
+
+
+def test_a_host_interface_name_too_long_for_the_kernel_names_no_interface(bin_dir, net, netns, state_dirs):
+    """dnsname looked it up to find the gateway: the kernel's ERANGE came
+    out unwrapped as code 5."""
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "\u00e9" * 8}, {"name": "eth0", "sandbox": "/x"}],
+            "ips": [{"address": "10.240.0.5/24", "interface": 1}]}
+    conf = {"cniVersion": "1.0.0", "name": net["name"], "type": "dnsname", "prevResult": prev}
+    rc, out = exec_plugin(bin_dir, "dnsname", "ADD", conf, netns=f"/run/netns/{netns}", cni_args="K8S_POD_NAME=a")
+    assert rc == 1 and out["code"] == 7 and "no gateway address" in out["msg"], out
