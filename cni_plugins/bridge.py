@@ -14,7 +14,7 @@ import ipaddress
 import os
 
 from .core import delegate, names, version
-from .core.attachment import commit, release, store_for
+from .core.attachment import commit, release, require_new, store_for
 from .core.config import bad_config, typed, unicast_mac
 from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS, UNKNOWN_CONTAINER, \
     kernel_failure, require_same
@@ -466,11 +466,13 @@ def _free_veth_name(host: Netlink) -> str:
 
 def add(req: Request) -> dict:
     cfg = parse_config(req)
+    store = store_for(req, PLUGIN)
+    require_new(store, req, PLUGIN)  # before IPAM, whose undo would release the live attachment's address
     with Sandbox(req.netns) as sandbox, Netlink() as host:
         ipam_result = delegate.run(req, "ADD")
         try:
             plan = make_plan(cfg, req, ipam_result, _free_veth_name(host), cfg.mac or random_mac())
-            return commit(store_for(req, PLUGIN), req, record_of(req, cfg, plan),
+            return commit(store, req, record_of(req, cfg, plan),
                           lambda: apply_plan(cfg, plan, host, sandbox),
                           lambda record: undo(record, req.netns))
         except BaseException:

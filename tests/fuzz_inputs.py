@@ -259,6 +259,7 @@ class Input:
     agent: bool = False
     gone: str = ""                      # one of GONE_FORMS
     check: bool = False
+    again: bool = False                 # the runtime sends ADD again (the unedited config) before DEL
 
 
 # whole-document mutations, and whether a decoder must refuse the result (code 6)
@@ -331,6 +332,7 @@ def plugin_input(plugin: str):
         agent=st.booleans(),
         gone=_often("", st.sampled_from(GONE_FORMS[1:]), 85),
         check=_often(False, st.just(True), 85),
+        again=_often(False, st.just(True), 88),
     )
 
 
@@ -437,6 +439,15 @@ def serialize(doc, raw: str) -> tuple[bytes, bool]:
         "whitespace": lambda d: b"\r\n\t " + d.replace(b", ", b" ,\n\t") + b"\n",
     }[raw](data)
     return data, undecodable
+
+
+def effective_version(stdin: bytes):
+    """The cniVersion a plugin reads from these bytes, if any."""
+    try:
+        doc = json.loads(stdin)
+    except (ValueError, RecursionError):
+        return None
+    return doc.get("cniVersion") if isinstance(doc, dict) else None
 
 
 def netns_value(form: str, site):

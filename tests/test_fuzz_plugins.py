@@ -25,6 +25,7 @@ import concurrent.futures
 import json
 import os
 import time
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
@@ -60,12 +61,9 @@ def sites(bin_dir, tmp_path_factory, pytestconfig):
                                 f"{TOTALS['execs']} plugin runs in {TOTALS['seconds']:.1f} s")
 
 
-def effective_version(stdin: bytes):
-    try:
-        doc = json.loads(stdin)
-    except (ValueError, RecursionError):
-        return None
-    return doc.get("cniVersion") if isinstance(doc, dict) else None
+def problems_of(out, command, version, undecodable: bool = False, label: str = "") -> list[str]:
+    return [f"{label or command}: {p}" for p in output_problems(out.rc, out.stdout, out.stderr, command, version,
+                                                                 undecodable)]
 
 
 def diff(before: dict, after: dict) -> list[str]:
@@ -112,25 +110,30 @@ class Worker:
         stdin, undecodable = fi.serialize(fi.config_document(inp, site, real_prev), inp.raw)
         env = fi.environment(inp, site)
         command = env.get("CNI_COMMAND")
-        version = effective_version(stdin)
+        version = fi.effective_version(stdin)
         out = self.exec(inp.plugin, env, stdin)
-        problems = [f"{command}: {p}" for p in output_problems(out.rc, out.stdout, out.stderr, command, version, undecodable)]
+        problems = problems_of(out, command, version, undecodable)
         added = command == "ADD" and out.rc == 0
         if command == "ADD" and not added:
             problems += [f"left by the failed ADD: {d}" for d in diff(before, site.observe())]
+        if command == "ADD" and inp.again:  # a runtime retrying, with the config as it is now
+            stdin, undecodable = fi.serialize(fi.config_document(replace(inp, edits=()), site, real_prev), "")
+            version = fi.effective_version(stdin)
+            again = self.exec(inp.plugin, env, stdin)
+            problems += problems_of(again, "ADD", version, label="ADD again")
+            added, out = (True, again) if again.rc == 0 else (added, out)
         del_stdin = stdin
         if added and version in ("0.4.0", "1.0.0", "1.1.0"):
-            doc = json.loads(stdin)
-            del_stdin = json.dumps({**doc, "prevResult": json.loads(out.stdout)}).encode()
+            del_stdin = json.dumps({**json.loads(stdin), "prevResult": json.loads(out.stdout)}).encode()
             if inp.check:
-                check = self.exec(inp.plugin, {**env, "CNI_COMMAND": "CHECK"}, del_stdin)
-                problems += [f"CHECK: {p}" for p in output_problems(check.rc, check.stdout, check.stderr, "CHECK", version)]
+                problems += problems_of(self.exec(inp.plugin, {**env, "CNI_COMMAND": "CHECK"}, del_stdin), "CHECK",
+                                        version)
         netns_path = None
         if inp.gone:
             gone = site.container_gone()
             netns_path = gone if inp.gone == "missing" else ""
         out = self.exec(inp.plugin, fi.environment(inp, site, command="DEL", netns=netns_path), del_stdin)
-        problems += [f"DEL: {p}" for p in output_problems(out.rc, out.stdout, out.stderr, "DEL", version, undecodable)]
+        problems += problems_of(out, "DEL", version, undecodable)
         if added and out.rc != 0:
             problems.append(f"DEL after a successful ADD failed: {out.stdout!r}")
         if inp.gone and chained:  # the rest of the chain's DEL: the attachment went with the netns

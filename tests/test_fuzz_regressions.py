@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import add, data_files, delete, exec_plugin, host_veths, in_ruleset
+from conftest import add, data_files, delete, exec_plugin, host_veths, in_ruleset, run
 
 
 def nothing_left(conf, state_dirs):
@@ -47,8 +47,11 @@ def test_a_prev_result_that_is_no_valid_result_is_refused_not_passed_through(bin
     prev = {"cniVersion": "1.1.0", **edit}
     conf = {"cniVersion": "1.1.0", "name": net["name"], "type": plugin, "prevResult": prev,
             "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}
-    rc, out = exec_plugin(bin_dir, plugin, "ADD", conf, netns=f"/run/netns/{netns}")
-    assert rc == 1 and out["code"] == 7 and "prevResult" in out["msg"], out
+    try:
+        rc, out = exec_plugin(bin_dir, plugin, "ADD", conf, netns=f"/run/netns/{netns}")
+        assert rc == 1 and out["code"] == 7 and "prevResult" in out["msg"], out
+    finally:  # what the code before the fix made
+        exec_plugin(bin_dir, plugin, "DEL", conf, netns=f"/run/netns/{netns}")
 
 
 def test_a_lone_surrogate_decodes_as_go_does_and_nul_is_refused_naming_the_field(bin_dir, net, netns, state_dirs):
@@ -82,3 +85,74 @@ def test_a_host_interface_name_too_long_for_the_kernel_names_no_interface(bin_di
     conf = {"cniVersion": "1.0.0", "name": net["name"], "type": "dnsname", "prevResult": prev}
     rc, out = exec_plugin(bin_dir, "dnsname", "ADD", conf, netns=f"/run/netns/{netns}", cni_args="K8S_POD_NAME=a")
     assert rc == 1 and out["code"] == 7 and "no gateway address" in out["msg"], out
+
+
+# --- ADD again without DEL (runtimes that retry) -------------------------------------------
+def test_an_add_repeated_without_del_leaves_the_live_attachment_whole(bin_dir, net, netns, state_dirs):
+    """The second ADD (another requested address) overwrote the first one's
+    record, failed on the existing interface, then removed that record and
+    released every address of the attachment, the live one's too: a second
+    container could get the same address, and a DEL without prevResult left
+    the veth and masquerade elements for good."""
+    rc, res = add(bin_dir, net, netns)
+    assert rc == 0, res
+    other = res["ips"][0]["address"].split("/")[0].rsplit(".", 1)[0] + ".200"
+    try:
+        rc, out = add(bin_dir, net, netns, cni_args=f"IP={other}")
+        assert rc == 1 and out["code"] == 102 and "ADD again without DEL" in out["msg"], out
+        assert data_files(net) == [res["ips"][0]["address"].split("/")[0]] and len(host_veths(net["bridge"])) == 1
+        assert delete(bin_dir, net, netns) == (0, None)  # no prevResult: our record is all DEL has
+        assert nothing_left(net, state_dirs)
+    finally:  # what the code before the fix left, found from the result
+        delete(bin_dir, {**net, "prevResult": res}, netns)
+
+
+@pytest.mark.parametrize("plugin, first, again", [
+    ("portmap", {"runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80}]}},
+     {"runtimeConfig": {"portMappings": [{"hostPort": 19090, "containerPort": 90}]}}),
+    ("firewall", {"prevResult": "other address"}, {}),
+])
+def test_a_chained_add_repeated_without_del_replaces_the_first(bin_dir, net, netns, state_dirs, plugin, first, again):
+    """The second ADD's record took the first one's place, so the first
+    one's port mapping (or firewall element) outlived DEL, and the port
+    could never be published again.  (nothing_left sees every nft element
+    naming the network's addresses, the moved one too.)"""
+    rc, res = add(bin_dir, net, netns)
+    assert rc == 0, res
+    moved = {**res, "ips": [{**res["ips"][0], "address": res["ips"][0]["address"].rsplit(".", 1)[0] + ".201/24"}]}
+    confs = [{"cniVersion": net["cniVersion"], "name": net["name"], "type": plugin, "prevResult": res,
+              **({**extra, "prevResult": moved} if extra.get("prevResult") else extra)} for extra in (first, again)]
+    try:
+        for conf in confs:
+            rc, out = exec_plugin(bin_dir, plugin, "ADD", conf, netns=f"/run/netns/{netns}")
+            assert rc == 0, out
+        rc, out = exec_plugin(bin_dir, plugin, "DEL", confs[1], netns=f"/run/netns/{netns}")
+        assert rc == 0, out
+        assert delete(bin_dir, net, netns) == (0, None)
+        assert nothing_left(net, state_dirs)
+    finally:  # what the code before the fix left: the first one's elements, DELeted by their own config
+        exec_plugin(bin_dir, plugin, "ADD", confs[0], netns=f"/run/netns/{netns}", container_id="cleanup")
+        exec_plugin(bin_dir, plugin, "DEL", confs[0], netns=f"/run/netns/{netns}", container_id="cleanup")
+
+
+def test_a_tuning_add_repeated_without_del_still_restores_what_the_first_changed(bin_dir, net, netns, state_dirs):
+    """The second ADD's record listed only its own sysctls and attributes:
+    what the first one alone had changed was never restored."""
+    rc, res = add(bin_dir, net, netns)
+    assert rc == 0, res
+
+    def seen():
+        return (run("ip", "netns", "exec", netns, "cat", "/proc/sys/net/ipv4/conf/eth0/arp_ignore").stdout,
+                json.loads(run("ip", "-n", netns, "-j", "link", "show", "eth0").stdout)[0]["mtu"])
+
+    before = seen()
+    for options in ({"sysctl": {"net.ipv4.conf.IFNAME.arp_ignore": "1"}, "mtu": 1400},
+                    {"sysctl": {"net.core.somaxconn": "600"}}):
+        conf = {"cniVersion": net["cniVersion"], "name": net["name"], "type": "tuning", "prevResult": res, **options}
+        rc, out = exec_plugin(bin_dir, "tuning", "ADD", conf, netns=f"/run/netns/{netns}")
+        assert rc == 0, out
+    assert seen() != before
+    rc, out = exec_plugin(bin_dir, "tuning", "DEL", conf, netns=f"/run/netns/{netns}")
+    assert rc == 0, out
+    assert seen() == before
+    assert delete(bin_dir, net, netns) == (0, None)

@@ -6,7 +6,14 @@ the plan, and on any failure undo from that record, forget it and re-raise
 the original error.  DEL: undo from our record (or one rebuilt from the
 runtime's prevResult when ours is lost), then forget it.  GC is
 RecordStore.collect with the same undo.
+
+An ADD repeated without a DEL between (the spec forbids it; runtimes that
+retry do it) must not lose what the first one made, since the new record
+takes the old one's place: an interface plugin refuses it before touching
+anything (``require_new``), a chained plugin undoes the first one's work
+and does it anew (``replace``).
 """
+from .errors import LINK_EXISTS, CNIError
 from .records import RecordStore
 
 
@@ -24,6 +31,22 @@ def commit(store: RecordStore, req, record: dict, apply, undo):
             failure.add_note(f"and undoing it failed too: {type(e).__name__}: {e}")
         store.remove(req.container_id, req.ifname)
         raise
+
+
+def require_new(store: RecordStore, req, plugin: str) -> None:
+    """Refuse (102) an ADD of an attachment we hold a record of: failing
+    half-way would undo the container's live interface and release its
+    addresses; the runtime owes a DEL first."""
+    if store.load(req.container_id, req.ifname) is not None:
+        raise CNIError(LINK_EXISTS, f"{plugin}: {req.container_id} already has {req.ifname!r} on network "
+                       f"{req.network} (ADD again without DEL)")
+
+
+def replace(store: RecordStore, req, undo) -> None:
+    """Undo what an earlier ADD of this attachment made, from its record."""
+    old = store.load(req.container_id, req.ifname)
+    if old is not None:
+        undo(old)
 
 
 def release(store: RecordStore, req, undo, fallback=None) -> None:
