@@ -227,3 +227,12 @@ def _our_elements(ruleset: dict) -> dict:
                 out.setdefault(f"{s['family']} {s['table']}", []).append(
                     (s["name"], sorted(json.dumps(e, sort_keys=True) for e in s["elem"])))
     return {table: sorted(sets) for table, sets in out.items()}
+
+
+def report_line(pytestconfig, text: str) -> None:
+    """A line on the terminal whatever -q and capturing say (seeds, counts)."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
+    if reporter is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(text)

@@ -26,7 +26,7 @@ import time
 import pytest
 
 from cni_output import output_problems
-from fuzz_site import NETWORK, Site
+from fuzz_site import NETWORK, Site, report_line
 
 SEED = int(os.environ.get("PYCNI_FUZZ_SEED", "1123"))
 SCALE = float(os.environ.get("PYCNI_FUZZ_SCALE", "1"))
@@ -49,9 +49,8 @@ def report(request, pytestconfig):
     """Prints how many kills hit a run in flight, whatever -q says."""
     lines = []
     yield lines.append
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     for line in lines:
-        reporter.write_line(f"{request.node.name}: {line}")
+        report_line(pytestconfig, f"\n{request.node.name}: {line}")
 
 
 class Runtime:

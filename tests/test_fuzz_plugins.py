@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 import fuzz_inputs as fi
 from cni_output import output_problems
-from fuzz_site import Site
+from fuzz_site import Site, report_line
 
 SEED = int(os.environ.get("PYCNI_FUZZ_SEED", "1123"))
 SCALE = float(os.environ.get("PYCNI_FUZZ_SCALE", "1"))
@@ -55,10 +55,8 @@ def sites(bin_dir, tmp_path_factory, pytestconfig):
     finally:
         for site in made:
             site.close()
-        reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"fuzz: seed {SEED}, scale {SCALE}: {TOTALS['inputs']} plugin inputs, "
-                                f"{TOTALS['execs']} plugin runs in {TOTALS['seconds']:.1f} s")
+        report_line(pytestconfig, f"\nfuzz: seed {SEED}, scale {SCALE}: {TOTALS['inputs']} plugin inputs, "
+                                  f"{TOTALS['execs']} plugin runs in {TOTALS['seconds']:.1f} s")
 
 
 def problems_of(out, command, version, undecodable: bool = False, label: str = "") -> list[str]:
