@@ -225,6 +225,8 @@ def test_concurrent_adds_and_dels_with_random_kills(site, make_netns, report):
     DEL (with the agent: the agent killed too, while requests are in flight)."""
     runtime = Runtime(site, [make_netns("pflt") for _ in range(CONTAINERS)])
     targets = ["plugin", "agent"] if site.agent is not None else ["plugin"]
+    # each container kills the agent twice at most: that many runs may see it go (11), then one succeeds
+    RETRIES = 2 * CONTAINERS + 2
 
     def life(slot):
         rng = random.Random(SEED * 1000 + slot)
@@ -234,7 +236,7 @@ def test_concurrent_adds_and_dels_with_random_kills(site, make_netns, report):
 
         def recover(prev):
             """The runtime's DEL, again while the agent is killed under it."""
-            for _ in range(4):
+            for _ in range(RETRIES):
                 runtime.revive_agent()
                 if runtime.delete(slot, prev):
                     return
@@ -243,7 +245,7 @@ def test_concurrent_adds_and_dels_with_random_kills(site, make_netns, report):
         def add_until_done(kill=None):
             """ADD; after a failure (a kill, or the agent killed under it by
             another container's round) DEL, and ADD again."""
-            for attempt in range(4):
+            for attempt in range(RETRIES):
                 result = runtime.add(slot, kill if attempt == 0 else None, rng.randrange(len(CHAIN)))
                 if result is not None:
                     return result

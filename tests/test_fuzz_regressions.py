@@ -1,6 +1,8 @@
 """Defects the fuzzing suite (test_fuzz_plugins.py) found, one test each,
 each failing on the code before its fix."""
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -156,3 +158,20 @@ def test_a_tuning_add_repeated_without_del_still_restores_what_the_first_changed
     assert rc == 0, out
     assert seen() == before
     assert delete(bin_dir, net, netns) == (0, None)
+
+
+def test_del_sweeps_the_temporaries_of_writers_killed_half_way(bin_dir, net, netns, state_dirs):
+    """Found by the fault tests: a plugin killed between naming its record's
+    temporary and renaming it left `.tmp<pid>.<random>` for good."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    rc, res = add(bin_dir, net, netns)
+    assert rc == 0, res
+    records = state_dirs["state"] / "bridge" / net["name"]
+    left, live = records / f".tmp{dead.pid}.0badc0de", records / f".tmp{os.getpid()}.0badc0de"
+    left.write_text("{")
+    live.write_text("{")
+    assert delete(bin_dir, net, netns) == (0, None)
+    assert not left.exists() and live.exists()  # a writer still running keeps its own
+    live.unlink()
+    assert nothing_left(net, state_dirs)

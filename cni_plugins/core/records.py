@@ -14,11 +14,13 @@ import os
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` all at once: readers see the old file
     or the new one, never a torn one.  The data is written into an unnamed
-    file (O_TMPFILE) that gets a name only once it is complete, so a writer
-    killed half-way leaves nothing behind."""
+    file (O_TMPFILE) that gets a name only once it is complete: ``path``
+    itself when there is none yet, else a temporary renamed over it.  A
+    writer killed between those two steps leaves the temporary, which
+    names its pid (sweep_temporaries)."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp{os.getpid()}.{os.urandom(4).hex()}")  # short: path may be 255 long
+    tmp = os.path.join(directory, f"{_TMP}{os.getpid()}.{os.urandom(4).hex()}")  # short: path may be 255 long
     try:
         fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode)
         unnamed = True
@@ -31,7 +33,11 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
             f.flush()
             os.fsync(f.fileno())
             if unnamed:
-                _name_unnamed(f.fileno(), tmp)
+                try:
+                    _name_unnamed(f.fileno(), path)
+                    return  # a new file: named at once, no temporary
+                except FileExistsError:
+                    _name_unnamed(f.fileno(), tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -39,6 +45,25 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
+
+
+_TMP = ".tmp"
+
+
+def sweep_temporaries(directory: str) -> None:
+    """Remove the temporaries of writers that died between naming and
+    renaming (write_atomic): those whose pid no longer runs."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        pid = name[len(_TMP):].split(".", 1)[0] if name.startswith(_TMP) else ""
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
 
 
 def _name_unnamed(fd: int, path: str) -> None:
@@ -103,7 +128,9 @@ class RecordStore:
         write_atomic(os.path.join(self.dir, record_name(container_id, ifname)), json.dumps(record).encode())
 
     def remove(self, container_id: str, ifname: str) -> None:
-        """Forget the attachment's record (in either name format)."""
+        """Forget the attachment's record (in either name format), and what
+        writers killed half-way left in the directory."""
+        sweep_temporaries(self.dir)
         while True:
             path = find_record(self.dir, container_id, ifname)
             if path is None:
