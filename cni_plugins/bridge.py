@@ -422,14 +422,16 @@ def undo(record: dict, netns_path: str = "", also=None) -> None:
     """Remove an attachment's host-side state from our record of it; the
     container side goes with the veth (or is gone with its netns).  The
     kernel blocks ~15 ms tearing a veth down, so that runs in a thread while
-    the set elements (and ``also``, e.g. the IPAM release) are removed."""
+    the set elements are removed; ``also`` (the IPAM release) comes last:
+    once released, the address may be another container's at once, with
+    set elements of the same value."""
     wait = _in_background(_delete_veth, record, netns_path)
     try:
-        if also is not None:
-            also()
         nft.remove_elements(nft.from_record(record.get("nft", [])))
     finally:
         wait()
+    if also is not None:
+        also()
 
 
 def differences(expected: Expected, sandbox: Sandbox, host: Netlink) -> list[str]:

@@ -13,6 +13,8 @@ takes the old one's place: an interface plugin refuses it before touching
 anything (``require_new``), a chained plugin undoes the first one's work
 and does it anew (``replace``).
 """
+import json
+
 from .errors import LINK_EXISTS, CNIError
 from .records import RecordStore
 
@@ -55,10 +57,21 @@ def release(store: RecordStore, req, undo, fallback=None) -> None:
     forget it."""
     record = store.load(req.container_id, req.ifname)
     if record is None and fallback is not None:
-        record = fallback(req)
+        record = _unclaimed(store, fallback(req))
     if record is not None:
         undo(record)
     store.remove(req.container_id, req.ifname)
+
+
+def _unclaimed(store: RecordStore, record: dict | None) -> dict | None:
+    """A record rebuilt from prevResult, without the nft elements another
+    attachment's record holds: a DEL retried with the runtime's cached
+    result after ours is gone names addresses that may be another
+    container's by now (set elements of the same value are the same)."""
+    if not record or not record.get("nft"):
+        return record
+    claimed = {json.dumps(e, sort_keys=True) for other in store.all() for e in other.get("nft") or []}
+    return {**record, "nft": [e for e in record["nft"] if json.dumps(e, sort_keys=True) not in claimed]}
 
 
 def store_for(req, kind: str) -> RecordStore:

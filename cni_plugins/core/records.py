@@ -1,4 +1,4 @@
-"""Our own records of what plugins made, and the one atomic file write.
+"""Our own records of what plugins made, and the atomic file writes.
 
 Persistent records (what an attachment made, so DEL and GC can undo it from
 our own data) live under the request's state dir (/var/lib/pycni unless
@@ -21,23 +21,17 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f"{_TMP}{os.getpid()}.{os.urandom(4).hex()}")  # short: path may be 255 long
+    fd = _complete_unnamed(directory, data, mode)
     try:
-        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode)
-        unnamed = True
-    except OSError:  # a filesystem without O_TMPFILE: a named temporary
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        unnamed = False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            if unnamed:
-                try:
-                    _name_unnamed(f.fileno(), path)
-                    return  # a new file: named at once, no temporary
-                except FileExistsError:
-                    _name_unnamed(f.fileno(), tmp)
+        if fd is None:  # a filesystem without O_TMPFILE: a named temporary
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            _write_all(fd, data)
+        else:
+            try:
+                _name_unnamed(fd, path)
+                return  # a new file: named at once, no temporary
+            except FileExistsError:
+                _name_unnamed(fd, tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -45,6 +39,59 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def create_atomic(path: str, data: bytes, mode: int = 0o644) -> bool:
+    """Create ``path`` holding ``data``, or return False when it exists.
+    The file appears complete or not at all, also when the writer is killed
+    half-way (an empty reservation would name no owner that could release
+    it)."""
+    fd = _complete_unnamed(os.path.dirname(path) or ".", data, mode)
+    if fd is None:  # a filesystem without O_TMPFILE: create, then fill
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except FileExistsError:
+            return False
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        return True
+    try:
+        _name_unnamed(fd, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def _complete_unnamed(directory: str, data: bytes, mode: int) -> int | None:
+    """An fd of an unnamed file in ``directory`` holding ``data``, synced;
+    None where the filesystem has no O_TMPFILE."""
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode)
+    except OSError:
+        return None
+    try:
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 _TMP = ".tmp"
