@@ -21,7 +21,7 @@ library only.
 """
 import errno
 
-from .core.attachment import commit, release, store_for
+from .core.attachment import commit, release, replace, store_for
 from .core.config import bad_config, fold_keys
 from .core.errors import CNIError, LINK_EXISTS, UNKNOWN_CONTAINER, kernel_failure, require_same
 from .core.plain import plain
@@ -224,9 +224,7 @@ def add(req: Request) -> dict:
     store = store_for(req, PLUGIN)
     with Sandbox(req.netns) as sandbox, Netlink() as host:
         veth = host_interface(host, prev, req.ifname, sandbox)
-        old = store.load(req.container_id, req.ifname)
-        if old is not None:  # ADD again without DEL: start from scratch
-            undo(host, old)
+        replace(store, req, lambda old: undo(host, old))
         ifb = ifb_name(req.network, req.container_id)
         plan = make_plan(limits, req, veth, {ifb} if host.link(ifb) is not None else set())
         ifb = commit(store, req, plan, lambda: apply(host, plan, veth), lambda record: undo(host, record))

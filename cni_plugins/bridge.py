@@ -13,8 +13,8 @@ import errno
 import ipaddress
 import os
 
-from .core import delegate, version
-from .core.attachment import commit, release, store_for
+from .core import delegate, names, version
+from .core.attachment import commit, release, require_new, store_for
 from .core.config import bad_config, typed, unicast_mac
 from .core.errors import CHECK_FAILED, CNIError, INVALID_CONFIG, KERNEL_FAILURE, LINK_EXISTS, UNKNOWN_CONTAINER, \
     kernel_failure, require_same
@@ -132,8 +132,9 @@ def parse_config(req: Request) -> BridgeConfig:
     backend = get("ipMasqBackend", str, "nftables")
     if backend not in ("nftables", "iptables"):
         raise bad_config(PLUGIN, f"unknown ipMasqBackend {backend!r}")
-    if not cfg.bridge or len(cfg.bridge) > 15:
-        raise bad_config(PLUGIN, f"invalid bridge name {cfg.bridge!r}")
+    problem = names.ifname_problem(cfg.bridge)
+    if problem:
+        raise bad_config(PLUGIN, f"'bridge': {problem}")
     if cfg.is_default_gateway:
         cfg.is_gateway = True  # as the reference: a default gateway is a gateway
     if cfg.mtu and not 68 <= cfg.mtu <= 65535:
@@ -431,14 +432,16 @@ def undo(record: dict, netns_path: str = "", also=None) -> None:
     """Remove an attachment's host-side state from our record of it; the
     container side goes with the veth (or is gone with its netns).  The
     kernel blocks ~15 ms tearing a veth down, so that runs in a thread while
-    the set elements (and ``also``, e.g. the IPAM release) are removed."""
+    the set elements are removed; ``also`` (the IPAM release) comes last:
+    once released, the address may be another container's at once, with
+    set elements of the same value."""
     wait = _in_background(_delete_veth, record, netns_path)
     try:
-        if also is not None:
-            also()
         nft.remove_elements(nft.from_record(record.get("nft", [])))
     finally:
         wait()
+    if also is not None:
+        also()
 
 
 def differences(expected: Expected, sandbox: Sandbox, host: Netlink) -> list[str]:
@@ -476,11 +479,13 @@ def _free_veth_name(host: Netlink) -> str:
 def add(req: Request, cfg: BridgeConfig | None = None) -> dict:
     """``cfg``: the config as a plugin delegating to bridge adjusted it."""
     cfg = cfg or parse_config(req)
+    store = store_for(req, PLUGIN)
+    require_new(store, req, PLUGIN)  # before IPAM, whose undo would release the live attachment's address
     with Sandbox(req.netns) as sandbox, Netlink() as host:
         ipam_result = delegate.run(req, "ADD")
         try:
             plan = make_plan(cfg, req, ipam_result, _free_veth_name(host), cfg.mac or random_mac())
-            return commit(store_for(req, PLUGIN), req, record_of(req, cfg, plan),
+            return commit(store, req, record_of(req, cfg, plan),
                           lambda: apply_plan(cfg, plan, host, sandbox),
                           lambda record: undo(record, req.netns))
         except BaseException:

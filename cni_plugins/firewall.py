@@ -32,7 +32,7 @@ interface that routes to each address, looked up before planning.
 """
 import ipaddress
 
-from .core.attachment import commit, release, store_for
+from .core.attachment import commit, release, replace, store_for
 from .core.config import bad_config
 from .core.errors import CNIError, require_same
 from .core.plain import plain
@@ -156,11 +156,13 @@ def undo(record: dict) -> None:
 def add(req: Request) -> dict:
     prev = req.require_prev_result(PLUGIN)
     elements = plan(req, prev)
+    store = store_for(req, PLUGIN)
+    replace(store, req, undo)
     if elements:
         record = {"containerID": req.container_id, "ifname": req.ifname, "netns": req.netns,
                   "nft": nft.to_record(elements)}
         # one atomic transaction: if it fails, nothing of ours went in
-        commit(store_for(req, PLUGIN), req, record, lambda: nft.add_elements(elements), lambda r: None)
+        commit(store, req, record, lambda: nft.add_elements(elements), lambda r: None)
     return prev
 
 

@@ -42,7 +42,7 @@ import ipaddress
 import json
 import sys
 
-from .core.attachment import commit, release, store_for
+from .core.attachment import commit, release, replace, store_for
 from .core.config import bad_config, fold_keys
 from .core.errors import KERNEL_FAILURE, CNIError, require_same
 from .core.plain import plain
@@ -321,9 +321,11 @@ def undo(record: dict) -> None:
 def add(req: Request) -> dict:
     prev = req.require_prev_result(PLUGIN)
     plan = make_plan(parse_config(req), prev)
+    store = store_for(req, PLUGIN)
+    replace(store, req, undo)
     if plan.elements:
         # the nft transaction is atomic: on failure nothing of ours went in
-        commit(store_for(req, PLUGIN), req, record_of(req, plan), lambda: apply(plan), lambda r: None)
+        commit(store, req, record_of(req, plan), lambda: apply(plan), lambda r: None)
     return prev  # chained: the previous result, unchanged
 
 

@@ -174,19 +174,18 @@ class Observed:
 
 def make_plan(cfg: TuningConfig, req: Request, seen: Observed, old: dict | None) -> dict:
     """The record ADD writes and applies.  An ADD repeated without DEL keeps
-    the first record's originals: they are the true ones."""
+    the first record's originals (they are the true ones) and what the first
+    changed that this config leaves alone, so DEL restores all of it."""
     if seen.link is None and cfg.link_wanted:
         raise CNIError(UNKNOWN_CONTAINER, f"tuning: no interface {req.ifname!r} in the container")
     old = old or {}
     old_sysctl = {i["key"]: i for i in old.get("sysctl", [])}
-    link_original = dict(seen.link or {})
-    link_original.update({k: v for k, v in (old.get("link") or {}).items() if k in link_original})
     return {
         "containerID": req.container_id, "ifname": req.ifname, "netns": req.netns,
         "sysctl": [{"key": k, "path": seen.paths[k], "value": v,
                     "original": old_sysctl[k]["original"] if k in old_sysctl else seen.sysctls[k]}
-                   for k, v in cfg.sysctl.items()],
-        "link": link_original,
+                   for k, v in cfg.sysctl.items()] + [i for k, i in old_sysctl.items() if k not in cfg.sysctl],
+        "link": {**(seen.link or {}), **(old.get("link") or {})},
         "linkWanted": {k: v for k, v in cfg.link_wanted.items() if seen.link is not None},
     }
 

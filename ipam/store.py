@@ -20,6 +20,8 @@ import fcntl
 import ipaddress
 import os
 
+from cni_plugins.core.records import create_atomic
+
 LAST_IP_PREFIX = "last_reserved_ip."
 LINE_BREAK = "\r\n"
 LOCK_NAME = "lock"
@@ -106,17 +108,9 @@ class DiskStore(Store):
         return os.path.join(self.dir, str(addr))
 
     def reserve(self, addr, owner: str) -> bool:
-        try:
-            fd = os.open(self._path(addr), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                f.write(owner)
-        except BaseException:
-            self.remove(addr)
-            raise
-        return True
+        # never an empty file, even from a plugin killed half-way: it would
+        # name no owner, and no DEL would ever release the address
+        return create_atomic(self._path(addr), owner.encode())
 
     def remove(self, addr) -> None:
         try:

@@ -39,6 +39,7 @@ from .store import StorePublisher
 
 FAMILIES = ("inet", "bridge")
 BUILD_CHUNK = 4000   # commands per libnftables batch when our tables are built from nothing
+PUBLISH_ON_CLOSE = 5.0   # seconds a stopping controller gives its pending store writes
 log = logging.getLogger("pycni.netpolicy")
 
 
@@ -229,6 +230,7 @@ class PolicyController:
 
     def close(self) -> None:
         if self.publisher is not None:
+            self.publisher.flush(PUBLISH_ON_CLOSE)   # what the last DELs removed leaves the store too
             self.publisher.stop()
 
     # --- the agent's loop -------------------------------------------------------------

@@ -16,6 +16,9 @@ JSON); the answer is sent once the kernel has the rules:
     {"op": "unregister", "attachment": {...}}
     {"op": "retain", "network": NAME, "attachments": [{"containerID", "ifname"}, ...]}
     {"op": "registered", "attachment": {...}}      -> {"ok": true, "endpoint": {...} or null}
+    {"op": "reconcile"}      read the sources now and apply them (what a change seen by
+                             watching does a moment later): whoever changed them knows
+                             they are enforced when the answer comes
     {"op": "ping"}
     -> {"ok": true, "changes": N} or {"error": MESSAGE, "kind": "invalid" | "kernel" | "internal"}
 
@@ -142,6 +145,8 @@ class PolicyService:
             if op == "registered":
                 found = ctl.registered(_attachment(request))
                 return {"ok": True, "endpoint": endpoint_record(found) if found else None}
+            if op == "reconcile":
+                return {"ok": True, "changes": len(ctl.reconcile())}
             if op == "ping":
                 return {"ok": True}
             return {"error": f"unknown operation {op!r}", "kind": "invalid"}

@@ -32,6 +32,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from cni_plugins import netpolicy
 from cni_plugins.core import agent_client, registry, skel
 
 log = logging.getLogger("pycni.agent")
@@ -55,14 +56,17 @@ def _existing(path: str) -> str:
 
 def request_paths(environ: dict, stdin: bytes) -> list[str]:
     """The files a request will touch, whose identity the caller and the
-    agent must agree on."""
+    agent must agree on (the netpolicy plugin reads pods' label files)."""
     paths = ["/", environ.get("PYCNI_STATE_DIR") or "/var/lib/pycni", environ.get("PYCNI_RUN_DIR") or "/run/pycni"]
     if environ.get("CNI_NETNS"):
         paths.append(environ["CNI_NETNS"])
     paths += [p for p in environ.get("CNI_PATH", "").split(":") if p]
     try:
-        ipam = json.loads(stdin).get("ipam") or {}
+        config = json.loads(stdin)
+        ipam = config.get("ipam") or {}
         paths.append(ipam.get("dataDir") or "/var/lib/cni/networks")
+        if config.get("type") == netpolicy.PLUGIN:
+            paths.append(config.get("labelsDir") or netpolicy.DEFAULT_LABELS_DIR)
     except (ValueError, AttributeError, RecursionError):
         pass
     return [p for p in paths if isinstance(p, str) and p.startswith("/")]

@@ -16,10 +16,11 @@ A CNI runtime in Python.
                                    DEL cached attachments named here, then GC
   pycni status NETNAME             run STATUS on every plugin of NETNAME
   pycni install --bin-dir DIR      write the pycni plugin executables to DIR
-  pycni lab up|apply|down|status|exec
+  pycni lab up|apply|down|status|exec|probe
                                    network namespace labs from a YAML file
-  pycni agent [--overlay-config FILE ...]
-                                   the node agent: plugin requests, the overlay
+  pycni agent [--overlay-config FILE ...] [--policy-dir DIR ...]
+                                   the node agent: plugin requests, the overlay,
+                                   network policy
   pycni policy apply|explain|status
                                    Kubernetes NetworkPolicy on this node (`pycni policy -h`)
 
@@ -187,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "namespace and work alone when it is not there.  With overlay settings "
                                    "it also runs this node's VXLAN overlay: a subnet lease from the "
                                    "cluster CIDR, the VXLAN dataplane to every other node, and the node "
-                                   "state the overlay plugin reads.  SIGTERM/SIGINT: a clean leave.")
+                                   "state the overlay plugin reads.  With --policy-dir (or "
+                                   "--network-policy) it enforces Kubernetes NetworkPolicy objects and "
+                                   "serves the netpolicy plugin on @pycni-policy, before it takes plugin "
+                                   "requests; with the overlay too, through the overlay's store, for "
+                                   "every node's pods.  SIGTERM/SIGINT: a clean leave.")
     s.add_argument("--socket", metavar="NAME", help="abstract socket name (default pycni-agent, or "
                    "$PYCNI_AGENT_SOCKET)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every request served")
@@ -209,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--cni-path", help="use plugins from DIR (default: install pycni's into the lab dir)")
     a = lsub.add_parser("apply", help="bring a running lab to its changed FILE",
                         description="Hosts and pods added or removed, hosts' underlay addresses changed, "
-                                    "agents and etcd members that died started again; the rest keeps "
-                                    "running.  Networks cannot change in a running lab.")
+                                    "agents and etcd members that died started again, network policies, "
+                                    "namespace labels and pod labels and ports changed; the rest keeps "
+                                    "running.  It returns once every host enforces the file's policies.  "
+                                    "Networks cannot change in a running lab.")
     a.add_argument("file")
     d = lsub.add_parser("down", help="tear a lab down (FILE or lab name); works after a failed up")
     d.add_argument("lab", metavar="FILE|NAME")
@@ -224,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--host", action="store_true", help="TARGET names a host, not a pod")
     e.add_argument("target", metavar="POD")
     e.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    pr = lsub.add_parser("probe", help="which pod reaches which: listeners in every pod, every pair probed",
+                         description="Listens on the given ports in every pod, tries every pod pair (each "
+                                     "address family the pods share) in parallel with short timeouts, and "
+                                     "prints a reachability matrix per port: rows are sources, columns "
+                                     "destinations, '.' reachable, 'X' not.  A probe that fails is tried "
+                                     "once more (--retries).  As the Kubernetes network-policy e2e suite "
+                                     "and cyclonus do.")
+    pr.add_argument("targets", nargs="+", metavar="PORT[/PROTO]", help="e.g. 80/tcp 53/udp (tcp when omitted)")
+    pr.add_argument("--lab", metavar="FILE|NAME", help="default: the only lab that is up")
+    pr.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS", help="per probe (default 1)")
+    pr.add_argument("--retries", type=int, default=1, metavar="N", help="tries more for a failed probe (default 1)")
+    pr.add_argument("--json", action="store_true", help="every probe and its result, machine-readable")
     s.set_defaults(func=cmd_lab)
     return p
 

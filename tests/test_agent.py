@@ -6,48 +6,13 @@ import fcntl
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 
+from agent_env import RunningAgent
 from conftest import (add, data_files, delete, exec_plugin, host_veths, in_ruleset, ping, plugin_env, run,
                       stdin_of, unique)
-
-
-
-class RunningAgent:
-    """`pycni agent` in the foreground (inside ``prefix``, e.g. `ip netns exec
-    HOST`), ready once its log says it listens."""
-
-    def __init__(self, name, log_path, prefix=()):
-        self.name = name
-        self.log_path = log_path
-        pycni = os.path.join(os.path.dirname(sys.executable), "pycni")
-        self.proc = subprocess.Popen([*prefix, pycni, "agent", "--socket", name, "--verbose"],
-                                     stderr=open(log_path, "w"), stdout=subprocess.DEVNULL)
-        deadline = time.time() + 15
-        while time.time() < deadline and self.proc.poll() is None:
-            if "listening on" in self.log():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"agent did not start: {self.log()}")
-
-    def log(self):
-        with open(self.log_path) as f:
-            return f.read()
-
-    def served(self):
-        return self.log().count("served ")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture

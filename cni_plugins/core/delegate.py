@@ -22,15 +22,15 @@ def ipam_type(req: Request) -> str:
     return conf["type"]
 
 
-def _our_module(binary: str):
-    """The registered module behind one of our executables, else None."""
+def _our_type(binary: str) -> str | None:
+    """The registered type behind one of our executables, else None."""
     with open(binary, "rb") as f:
         head = f.read(256)
     start = head.find(_OURS)
     if start < 0:
         return None
     name = head[start + len(_OURS):].split(b" ", 1)[0].decode(errors="replace")
-    return registry.load(name) if name in registry.PLUGINS else None
+    return name if name in registry.PLUGINS else None
 
 
 def run(req: Request, command: str) -> dict | None:
@@ -39,9 +39,11 @@ def run(req: Request, command: str) -> dict | None:
     binary = execute.find(req.path, plugin_type)
     if binary is None:
         raise CNIError(IO_FAILURE, f"failed to find plugin {plugin_type!r} in path {req.path}")
-    module = _our_module(binary)
-    if module is not None:
-        handler = getattr(module, _HANDLERS[command], None)
+    ours = _our_type(binary)
+    if ours is not None:
+        if ours not in registry.IPAM:
+            raise CNIError(INVALID_CONFIG, f"ipam.type {plugin_type!r} is not an IPAM plugin")
+        handler = getattr(registry.load(ours), _HANDLERS[command], None)
         return handler(replace(req, command=command)) if handler else None
 
     env = execute.cni_environ(req.environ, command, container_id=req.container_id, netns=req.netns,

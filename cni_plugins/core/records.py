@@ -1,4 +1,4 @@
-"""Our own records of what plugins made, and the one atomic file write.
+"""Our own records of what plugins made, and the atomic file writes.
 
 Persistent records (what an attachment made, so DEL and GC can undo it from
 our own data) live under the request's state dir (/var/lib/pycni unless
@@ -14,24 +14,24 @@ import os
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` all at once: readers see the old file
     or the new one, never a torn one.  The data is written into an unnamed
-    file (O_TMPFILE) that gets a name only once it is complete, so a writer
-    killed half-way leaves nothing behind."""
+    file (O_TMPFILE) that gets a name only once it is complete: ``path``
+    itself when there is none yet, else a temporary renamed over it.  A
+    writer killed between those two steps leaves the temporary, which
+    names its pid (sweep_temporaries)."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp{os.getpid()}.{os.urandom(4).hex()}")  # short: path may be 255 long
+    tmp = os.path.join(directory, f"{_TMP}{os.getpid()}.{os.urandom(4).hex()}")  # short: path may be 255 long
+    fd = _complete_unnamed(directory, data, mode)
     try:
-        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode)
-        unnamed = True
-    except OSError:  # a filesystem without O_TMPFILE: a named temporary
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        unnamed = False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            if unnamed:
-                _name_unnamed(f.fileno(), tmp)
+        if fd is None:  # a filesystem without O_TMPFILE: a named temporary
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            _write_all(fd, data)
+        else:
+            try:
+                _name_unnamed(fd, path)
+                return  # a new file: named at once, no temporary
+            except FileExistsError:
+                _name_unnamed(fd, tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -39,6 +39,78 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def create_atomic(path: str, data: bytes, mode: int = 0o644) -> bool:
+    """Create ``path`` holding ``data``, or return False when it exists.
+    The file appears complete or not at all, also when the writer is killed
+    half-way (an empty reservation would name no owner that could release
+    it)."""
+    fd = _complete_unnamed(os.path.dirname(path) or ".", data, mode)
+    if fd is None:  # a filesystem without O_TMPFILE: create, then fill
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except FileExistsError:
+            return False
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        return True
+    try:
+        _name_unnamed(fd, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def _complete_unnamed(directory: str, data: bytes, mode: int) -> int | None:
+    """An fd of an unnamed file in ``directory`` holding ``data``, synced;
+    None where the filesystem has no O_TMPFILE."""
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode)
+    except OSError:
+        return None
+    try:
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_TMP = ".tmp"
+
+
+def sweep_temporaries(directory: str) -> None:
+    """Remove the temporaries of writers that died between naming and
+    renaming (write_atomic): those whose pid no longer runs."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        pid = name[len(_TMP):].split(".", 1)[0] if name.startswith(_TMP) else ""
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
 
 
 def _name_unnamed(fd: int, path: str) -> None:
@@ -103,7 +175,9 @@ class RecordStore:
         write_atomic(os.path.join(self.dir, record_name(container_id, ifname)), json.dumps(record).encode())
 
     def remove(self, container_id: str, ifname: str) -> None:
-        """Forget the attachment's record (in either name format)."""
+        """Forget the attachment's record (in either name format), and what
+        writers killed half-way left in the directory."""
+        sweep_temporaries(self.dir)
         while True:
             path = find_record(self.dir, container_id, ifname)
             if path is None:

@@ -17,6 +17,10 @@ PLUGINS = {
     "overlay": "cni_plugins.overlay",
     "netpolicy": "cni_plugins.netpolicy",
 }
+# The types an ``ipam.type`` may name among ours: the others are interface
+# or chained plugins, and delegating to one (our bridge as its own IPAM)
+# would recurse.
+IPAM = ("host-local",)
 
 
 def load(plugin_type: str):

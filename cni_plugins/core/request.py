@@ -95,15 +95,52 @@ def _not_json(constant: str):
     raise ValueError(f"{constant} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value - value != 0:  # inf (NaN never gets here: parse_constant)
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _as_text(value, where: str = ""):
+    """The decoded config as Go's decoder leaves it: a lone surrogate (an
+    escape such as \\ud800, no Unicode character) becomes U+FFFD.  Only
+    escapes make them, so only a config with escapes is walked.  Returns
+    (value, the path of a string holding NUL or None): NUL is JSON, but no
+    name, path or address can hold it."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value, (where or "a string") if "\0" in value else None
+    if isinstance(value, list):
+        items = [_as_text(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [v for v, _ in items], next((p for _, p in items if p), None)
+    if isinstance(value, dict):
+        out, nul = {}, None
+        for k, v in value.items():
+            key, bad_key = _as_text(k, f"{where}.{k!r}" if where else repr(k))
+            out[key], bad = _as_text(v, f"{where}.{key}" if where else key)
+            nul = nul or bad_key or bad
+        return out, nul
+    return value, None
+
+
 def parse_config(raw: bytes) -> dict:
-    """Strict JSON: no NaN or Infinity (whatever we print must be JSON
-    again), and nesting too deep to decode is a decode failure too."""
+    """Strict JSON: no NaN or Infinity, nor a number too large for a double
+    (1e999: Go's decoder refuses it, Python's makes it Infinity, and
+    whatever we print must be JSON again), strings as Go decodes them
+    (_as_text); nesting too deep to decode is a decode failure too."""
     try:
-        config = json.loads(raw or b"null", parse_constant=_not_json)
+        config = json.loads(raw or b"null", parse_constant=_not_json, parse_float=_finite)
+        config, nul = _as_text(config) if b"\\u" in raw else (config, None)
     except RecursionError:
         raise CNIError(DECODE_FAILURE, "cannot decode network config: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise CNIError(DECODE_FAILURE, f"cannot decode network config: {e}") from None
+    if nul:
+        raise CNIError(INVALID_CONFIG, f"network config: {nul} holds NUL")
     if not isinstance(config, dict):
         raise CNIError(DECODE_FAILURE, "network config must be a JSON object")
     return config

@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import version
-from ..kernel.errors import NftError
+from ..kernel.errors import KernelError
 from .errors import CNIError, IO_FAILURE, KERNEL_FAILURE
 
 # Unexpected exceptions map to this code so that the runtime still gets JSON.
@@ -43,8 +43,8 @@ def handle(plugin, environ, stdin: bytes) -> tuple[int, dict | None]:
         return 0, None
     except CNIError as e:
         error = e
-    except NftError as e:
-        error = CNIError(KERNEL_FAILURE, str(e), e.details)
+    except KernelError as e:  # netlink or nftables refused what no plugin step wrapped
+        error = CNIError(KERNEL_FAILURE, str(e), getattr(e, "details", ""))
     except OSError as e:
         error = CNIError(IO_FAILURE, str(e))
     except Exception as e:  # noqa: BLE001 - the runtime must always get JSON

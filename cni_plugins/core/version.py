@@ -55,27 +55,53 @@ def _objects(result: dict, key: str):
         yield f"{key}[{i}]", item
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _hardware_address(mac: str) -> bool:
+    """Colon-separated hex octets, 6 (Ethernet) to 20 (InfiniBand)."""
+    octets = mac.split(":")
+    return 6 <= len(octets) <= 20 and all(len(o) == 2 and set(o) <= _HEX for o in octets)
+
+
+def _typed_fields(obj: dict, where: str, kinds: dict) -> None:
+    """ValueError when one of the optional fields ``kinds`` names is there
+    with another type (a bool is no int)."""
+    for key, kind in kinds.items():
+        value = obj.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise ValueError(f"{where}.{key} must be {'an integer' if kind is int else 'a string'}, got {value!r}")
+
+
 def _shape_problem(result: dict) -> str | None:
     """What makes a result unusable to a plugin (fields of the wrong type
     or unparsable addresses), or None."""
     try:
-        for where, iface in _objects(result, "interfaces"):
-            if not isinstance(iface.get("name", ""), str) or not isinstance(iface.get("sandbox", ""), str):
-                raise ValueError(f"{where}: name and sandbox must be strings")
+        interfaces = list(_objects(result, "interfaces"))
+        for where, iface in interfaces:
+            if not isinstance(iface.get("name"), str) or not iface["name"] \
+                    or not isinstance(iface.get("sandbox", ""), str):
+                raise ValueError(f"{where}: name must be a non-empty string, sandbox a string")
+            mac = iface.get("mac", "")
+            if not isinstance(mac, str) or mac and not _hardware_address(mac):
+                raise ValueError(f"{where}.mac must be a hardware address, got {mac!r}")
+            _typed_fields(iface, where, {"mtu": int, "socketPath": str, "pciID": str})
         for where, ip in _objects(result, "ips"):
             if not isinstance(ip.get("address"), str) or "/" not in ip["address"] \
                     or not _parses(ipaddress.ip_interface, ip["address"]):
                 raise ValueError(f"{where}.address must be an address/prefix, got {ip.get('address')!r}")
             if ip.get("gateway") is not None and not _parses(ipaddress.ip_address, ip["gateway"]):
                 raise ValueError(f"{where}.gateway must be an IP address, got {ip['gateway']!r}")
-            if "interface" in ip and (isinstance(ip["interface"], bool) or not isinstance(ip["interface"], int)):
-                raise ValueError(f"{where}.interface must be an integer")
+            if "interface" in ip and (isinstance(ip["interface"], bool) or not isinstance(ip["interface"], int)
+                                      or not 0 <= ip["interface"] < len(interfaces)):
+                raise ValueError(f"{where}.interface must be an index into interfaces, got {ip['interface']!r}")
         for where, route in _objects(result, "routes"):
             if not isinstance(route.get("dst"), str) or not _parses(lambda d: ipaddress.ip_network(d, strict=False),
                                                                     route["dst"]):
                 raise ValueError(f"{where}.dst must be a network, got {route.get('dst')!r}")
             if route.get("gw") not in (None, "") and not _parses(ipaddress.ip_address, route["gw"]):
                 raise ValueError(f"{where}.gw must be an IP address, got {route['gw']!r}")
+            _typed_fields(route, where, dict.fromkeys(("mtu", "advmss", "priority", "table", "scope"), int))
         dns = result.get("dns")
         if dns is not None:
             if not isinstance(dns, dict):

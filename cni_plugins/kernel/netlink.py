@@ -220,7 +220,7 @@ class Netlink:
         try:
             return Link(self.request(RTM_GETLINK, 0, body)[0])
         except NetlinkError as e:
-            if e.errno in (errno.ENODEV, errno.ENOENT):
+            if e.errno in (errno.ENODEV, errno.ENOENT, errno.ERANGE):  # ERANGE: a name too long for any link
                 return None
             raise
 

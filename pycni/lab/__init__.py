@@ -35,6 +35,20 @@ A lab file (YAML)::
     pods:
       - {name: a, host: node1, network: podnet}          # namespace: default
       - {name: b, namespace: web, host: node1, network: podnet, ifname: eth0}
+      - name: c                                          # labels and named ports: for network policy
+        namespace: web
+        host: node1
+        network: podnet
+        labels: {app: api}
+        ports: [{name: http, port: 8080, protocol: TCP}]   # protocol TCP (default), UDP or SCTP
+    namespaces:                   # network policy: Namespace objects with their labels
+      - {name: web, labels: {team: blue}}
+    policies:                     # network policy: NetworkPolicy objects as Kubernetes has them,
+      - policies/deny.yaml        #   or paths (relative to this file) of YAML/JSON files of them
+      - apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: api-from-blue, namespace: web}
+        spec: {podSelector: {matchLabels: {app: api}}, ingress: [{from: [{namespaceSelector: {}}]}]}
 
 Every host keeps its own CNI state under ``/run/pycni/lab/<lab>/hosts/<host>``
 (conflists, libcni cache, host-local dataDir, PYCNI_STATE_DIR and
@@ -42,14 +56,24 @@ PYCNI_RUN_DIR), and the plugins run inside the host's netns, so a pod's
 bridge lives in its host.  Pod netns: ``pycni-<lab>-<namespace>.<pod>``.
 On an overlay lab each host runs `pycni agent` with the overlay duty in its
 netns (``<host dir>/agent/``: settings, status, log, pid file), and pods are
-attached once it holds a lease.  The lab's state is ``state.json`` in the
+attached once it holds a lease.
+
+Network policy is on when the file has ``policies`` or ``namespaces``
+(either may be empty; it cannot be turned on or off in a running lab).
+Then every host's agent runs the policy duty, the generated conflists end
+in the netpolicy plugin, pods' labels and ports reach it as runtimeConfig
+capabilities, and the objects are enforced by every host: through
+``<lab dir>/netpolicy/`` on one host, through the overlay's store across
+hosts (policy.py).  ``pycni lab probe 80/tcp 53/udp`` prints who reaches
+whom (probe.py).  The lab's state is ``state.json`` in the
 lab dir; ``down`` works from it (or from the file, or from the netns names
 alone) even after a failed ``up``; ``apply`` brings a running lab to a
 changed file (reconcile.py).
 
 Modules: spec (file -> plan, pure), state (state.json), hosts (namespaces
 and the switch), cni (conflists, pods), agents and etcd (the processes),
-processes (pid files), reconcile (up, apply, down), status, cli.
+processes (pid files), policy (network policy's objects, pods and their
+enforcement), reconcile (up, apply, down), status, probe, cli.
 Unknown keys are errors: spec.SCHEMA is where later features add theirs.
 """
 from .cli import run_cli

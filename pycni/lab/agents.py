@@ -1,6 +1,7 @@
-"""One node agent per host of an overlay lab: `pycni agent` with the
-overlay duty, run inside the host's namespace (`ip netns exec`), its
-settings, status, log and pid file under ``<host dir>/agent/``.
+"""One node agent per host of an overlay lab or a lab with network
+policy: `pycni agent` with the overlay duty, the policy duty or both, run
+inside the host's namespace (`ip netns exec`), its settings, status, log
+and pid file under ``<host dir>/agent/``.
 
 The plugins the lab runs for pods (in the host's netns, each in a mount
 namespace of its own, as `ip netns exec` does) see the same files as the
@@ -19,7 +20,7 @@ import time
 from cni_plugins.core.records import read_json, write_atomic
 from cni_plugins.overlay import state_path
 
-from . import processes
+from . import policy, processes
 from .spec import LabError
 
 READY_TIMEOUT = 60.0
@@ -31,19 +32,37 @@ def paths(host: dict) -> dict[str, str]:
             (("config", "overlay.json"), ("status", "status.json"), ("pid", "agent.pid"), ("log", "agent.log"))}
 
 
+def needed(plan: dict) -> bool:
+    """Whether the lab's hosts run agents."""
+    return bool(plan["overlay"] or plan.get("policy"))
+
+
 def settings(plan: dict, host: dict) -> dict:
     overlay = plan["overlay"]
     return {**overlay["settings"], "nodeName": host["name"], "underlayInterface": "eth0",
             "stateFile": state_path(os.path.join(host["dir"], "run"), overlay["cluster"])}
 
 
+def command(plan: dict, host: dict) -> list[str]:
+    """The host's `pycni agent`: the overlay duty with its settings file,
+    the policy duty with its flags."""
+    p = paths(host)
+    cmd = [sys.executable, "-m", "pycni.cli", "agent", "--node-name", host["name"], "--status-file", p["status"]]
+    if plan["overlay"]:
+        cmd += ["--overlay-config", p["config"]]
+    if plan.get("policy"):
+        cmd += policy.agent_flags(plan, host)
+    return cmd
+
+
 def start(plan: dict, host: dict) -> None:
     from ..install import search_path
 
     p = paths(host)
-    write_atomic(p["config"], json.dumps(settings(plan, host), indent=2).encode())
-    cmd = [sys.executable, "-m", "pycni.cli", "agent", "--overlay-config", p["config"], "--status-file", p["status"]]
-    processes.spawn(cmd, p["log"], p["pid"], netns=host["netns"], env={"PYTHONPATH": os.pathsep.join(search_path())})
+    if plan["overlay"]:
+        write_atomic(p["config"], json.dumps(settings(plan, host), indent=2).encode())
+    processes.spawn(command(plan, host), p["log"], p["pid"], netns=host["netns"],
+                    env={"PYTHONPATH": os.pathsep.join(search_path())})
 
 
 def running(host: dict) -> int | None:
@@ -77,7 +96,8 @@ def ensure_running(plan: dict, hosts: list[dict], log) -> None:
 
 def stop(host: dict, sig: int = signal.SIGTERM) -> bool:
     """SIGTERM: the agent leaves the overlay (lease released, dataplane
-    removed).  An agent its pid file lost track of (its own status file
+    removed; network policy's tables stay, until the host's namespace
+    goes).  An agent its pid file lost track of (its own status file
     names it, and it was started with that very file) is stopped too."""
     p = paths(host)
     stopped = processes.stop(p["pid"], sig)

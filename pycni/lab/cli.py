@@ -1,4 +1,4 @@
-"""`pycni lab up|apply|down|status|exec` (the arguments are cli.py's)."""
+"""`pycni lab up|apply|down|status|exec|probe` (the arguments are cli.py's)."""
 from __future__ import annotations
 
 import json
@@ -38,6 +38,12 @@ def _run_cli(args) -> int:
     if args.lab_command == "status":
         s = status_json(state)
         print(json.dumps(s, indent=2) if args.json else format_status(s))
+        return 0
+    if args.lab_command == "probe":
+        from . import probe
+
+        report = probe.run(state, probe.parse_targets(args.targets), args.timeout, args.retries)
+        print(json.dumps(report, indent=1) if args.json else probe.format_report(report))
         return 0
     if args.lab_command == "exec":
         cmd = list(args.cmd)

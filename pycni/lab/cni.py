@@ -7,7 +7,8 @@ import json
 import os
 
 from .. import libcni
-from .hosts import add_namespace, delete_namespace, netns_exists
+from . import policy
+from .hosts import add_namespace, delete_namespace, netns_exists, state_dir
 from .spec import LOOPBACK_NET
 
 
@@ -45,6 +46,8 @@ def conflist_for(plan: dict, host: dict, network: dict) -> dict:
     if network.get("dns"):
         plugins.append({"type": "dnsname", "domainName": network.get("domain", "dns.podman"),
                         "capabilities": {"aliases": True}})
+    if plan.get("policy"):
+        plugins.append(policy.conflist_entry(host))
     return {"cniVersion": version, "name": network["name"], "plugins": plugins}
 
 
@@ -80,7 +83,7 @@ def _cni_for(plan: dict, host: dict) -> libcni.CNIConfig:
     return libcni.CNIConfig(
         [plan["binDir"]],
         os.path.join(host["dir"], "cache"),
-        env={"PYCNI_STATE_DIR": os.path.join(host["dir"], "state"),
+        env={"PYCNI_STATE_DIR": state_dir(host),
              "PYCNI_RUN_DIR": os.path.join(host["dir"], "run")},
         exec_netns=f"/run/netns/{host['netns']}",
     )
@@ -90,13 +93,14 @@ def _netconfs(host: dict) -> dict[str, libcni.NetworkConfigList]:
     return {c.name: c for c in libcni.load_all(os.path.join(host["dir"], "net.d"))}
 
 
-def _runtime_conf(pod: dict, ifname: str | None = None) -> libcni.RuntimeConf:
+def _runtime_conf(plan: dict, pod: dict, ifname: str | None = None) -> libcni.RuntimeConf:
     return libcni.RuntimeConf(
         container_id=pod["containerId"],
         netns=f"/run/netns/{pod['netns']}",
         ifname=ifname or pod["ifname"],
         args=[("IgnoreUnknown", "1"), ("K8S_POD_NAMESPACE", pod["namespace"]),
               ("K8S_POD_NAME", pod["name"]), ("K8S_POD_INFRA_CONTAINER_ID", pod["containerId"])],
+        capability_args=policy.capability_args(pod) if plan.get("policy") else {},
     )
 
 
@@ -110,7 +114,7 @@ def attach(plan: dict, host: dict, pod: dict) -> None:
     add_namespace(pod["netns"])
     cni, confs = _cni_for(plan, host), _netconfs(host)
     for network, ifname in _steps(plan, pod):
-        result = cni.add_network_list(confs[network], _runtime_conf(pod, ifname))
+        result = cni.add_network_list(confs[network], _runtime_conf(plan, pod, ifname))
     pod["result"] = result
     pod["ips"] = [ip["address"] for ip in result.get("ips") or []]
     _write_resolv_conf(pod, result)
@@ -129,7 +133,7 @@ def detach(plan: dict, host: dict | None, pod: dict, log) -> bool:
                 if network not in confs:
                     continue
                 try:
-                    cni.del_network_list(confs[network], _runtime_conf(pod, ifname))
+                    cni.del_network_list(confs[network], _runtime_conf(plan, pod, ifname))
                 except (libcni.LibCNIError, OSError) as e:
                     log(f"pod {pod['namespace']}/{pod['name']}: DEL {network} failed: {e}")
     return delete_namespace(pod["netns"])

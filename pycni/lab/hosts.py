@@ -10,6 +10,7 @@ import socket
 import struct
 import subprocess
 import time
+from contextlib import contextmanager
 
 from cni_plugins.kernel import netns as kernel_netns
 
@@ -51,6 +52,12 @@ def plug(netns: str, veth: str, address: str, switch: str) -> None:
     announce(netns, address)
 
 
+def state_dir(host: dict) -> str:
+    """The host's PYCNI_STATE_DIR: the plugins run for its pods keep their
+    records there, and its agent the netpolicy plugin's registrations."""
+    return os.path.join(host["dir"], "state")
+
+
 def create(host: dict, switch: str | None) -> None:
     for sub in ("net.d", "cache", "ipam", "state", "run"):
         os.makedirs(os.path.join(host["dir"], sub), exist_ok=True)
@@ -76,13 +83,21 @@ def announce(netns: str, address: str) -> None:
     ip = ipaddress.ip_interface(address).ip
     if ip.version != 4:
         return  # IPv6: the address's own DAD and the neighbours' probes do it
+    with inside(netns), socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind(("eth0", 0))
+        mac = sock.getsockname()[4]
+        arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ip.packed, bytes(6), ip.packed)
+        sock.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
+
+
+@contextmanager
+def inside(netns: str):
+    """Run the body in network namespace ``netns`` (this thread only):
+    sockets made there stay there."""
     fd = kernel_netns.open_netns(f"/run/netns/{netns}")
     try:
-        with kernel_netns.entered(fd), socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
-            sock.bind(("eth0", 0))
-            mac = sock.getsockname()[4]
-            arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ip.packed, bytes(6), ip.packed)
-            sock.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
+        with kernel_netns.entered(fd):
+            yield
     finally:
         os.close(fd)
 

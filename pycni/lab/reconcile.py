@@ -4,14 +4,18 @@ running lab to a changed file, `down` removes everything.
 `apply` is a reconciler, as the agent's controllers are: the desired plan
 (from the file) and the current state (state.json) give, purely, the
 `Changes`: pods to remove, hosts to remove, hosts whose underlay address
-moves, hosts to add, pods to add.  `converge` carries them out in that
-order, recording an entry in the state before it makes it and dropping it
-once it is removed, so the state always covers what exists.  Then every
-agent and etcd member that should run and does not is started (so apply
-also heals a killed one), and new pods are attached once their host's
-agent is ready.  Everything else keeps running untouched.  `up` is
-`converge` from an empty lab.  A running lab's networks and lab-wide
-settings stay as they are: apply refuses a file that changes them.
+moves, hosts to add, pods whose labels or ports change, pods to add.
+`converge` carries them out in that order, recording an entry in the
+state before it makes it and dropping it once it is removed, so the state
+always covers what exists.  The lab's network-policy objects are written
+where the agents read them before any agent starts; then every agent and
+etcd member that should run and does not is started (so apply also heals
+a killed one), pods are relabelled and new pods attached once their
+host's agent is ready, and on a policy lab `converge` returns once every
+host enforces the file (policy.py).  Everything else keeps running
+untouched.  `up` is `converge` from an empty lab.  A running lab's
+networks and lab-wide settings (network policy on or off among them) stay
+as they are: apply refuses a file that changes them.
 """
 from __future__ import annotations
 
@@ -23,12 +27,12 @@ from dataclasses import dataclass
 
 from cni_plugins.dnsname.control import stop_resolvers
 
-from . import agents, cni, etcd, hosts, processes
+from . import agents, cni, etcd, hosts, policy, processes
 from .spec import ETCD, LabError, lab_root, underlay_bridge, underlay_veth
 from .state import load_state, save_state
 
 # what apply cannot change in a running lab
-FIXED = ("cniVersion", "loopback", "cniPath", "networks", "overlay")
+FIXED = ("cniVersion", "loopback", "cniPath", "networks", "overlay", "policy")
 
 
 def _log(msg: str) -> None:
@@ -41,6 +45,7 @@ class Changes:
     remove_hosts: list[dict]
     move_hosts: list[tuple[dict, str]]  # (host as it is, its new underlay address)
     add_hosts: list[dict]
+    relabel_pods: list[tuple[dict, dict]]   # (pod as it is, as it is wanted): new labels or ports
     add_pods: list[dict]
 
 
@@ -68,6 +73,8 @@ def changes(current: dict, desired: dict) -> Changes:
         move_hosts=[(have[n], want[n]["underlay"]) for n in have.keys() & want.keys() - remade
                     if have[n]["underlay"] != want[n]["underlay"]],
         add_hosts=[h for n, h in want.items() if n not in have or n in remade],
+        relabel_pods=[(p, wanted_pods[key(p)]) for p in current["pods"] if key(p) in kept
+                      and any(p.get(k) != wanted_pods[key(p)][k] for k in ("labels", "ports"))],
         add_pods=[p for k, p in wanted_pods.items() if k not in kept],
     )
 
@@ -134,8 +141,10 @@ def converge(state: dict, plan: dict, log) -> None:
         save_state(state)
     for host in diff.remove_hosts:
         log(f"host {host['name']}: removing")
-        if state["overlay"] and not agents.stop(host):
+        if agents.needed(state) and not agents.stop(host):
             raise LabError(f"host {host['name']}: its agent would not stop")
+        if state.get("policy"):
+            policy.forget_host(state, host)
         hosts.remove(host)
         state["hosts"].remove(host)
         save_state(state)
@@ -161,8 +170,21 @@ def converge(state: dict, plan: dict, log) -> None:
     order = [h["name"] for h in plan["hosts"]]
     state["hosts"].sort(key=lambda h: order.index(h["name"]))
     save_state(state)
-    if state["overlay"]:
+    if state.get("policy"):
+        state["objects"] = plan["objects"]
+        save_state(state)
+        policy.publish(state)
+    if agents.needed(state):
         agents.ensure_running(state, state["hosts"], log)
+    if state.get("policy"):
+        policy.reconcile(state)   # the new objects first, then the pods they apply to
+    networks = {n["name"]: n for n in state["networks"]}
+    for pod, wanted in diff.relabel_pods:
+        log(f"pod {pod['namespace']}/{pod['name']}: labels {wanted['labels']}, ports {wanted['ports']}")
+        pod.update(labels=wanted["labels"], ports=wanted["ports"])
+        save_state(state)
+        if policy.policed(state, networks[pod["network"]]):
+            policy.relabel(host_of(pod), pod)
     for pod in diff.add_pods:
         state["pods"].append(pod)
         save_state(state)
@@ -171,6 +193,8 @@ def converge(state: dict, plan: dict, log) -> None:
         log(f"pod {pod['namespace']}/{pod['name']} on {pod['host']}: {', '.join(pod['ips']) or 'no IPs'}")
     order = [(p["namespace"], p["name"]) for p in plan["pods"]]
     state["pods"].sort(key=lambda p: order.index((p["namespace"], p["name"])))
+    if state.get("policy"):
+        policy.enforce(state)
     state["phase"] = "up"
     save_state(state)
 
@@ -185,6 +209,8 @@ def down(name: str, plan: dict | None = None, log=_log) -> int:
         by_name = {h["name"]: h for h in state["hosts"]}
         for pod in reversed(state["pods"]):
             cni.detach(state, by_name.get(pod["host"]), pod, log)
+    if state is not None and state.get("policy"):
+        policy.withdraw(state, log)
     # agents leave (and release their leases) before their store goes
     for host_dir in glob.glob(os.path.join(lab_dir, "hosts", "*")):
         if not agents.stop({"dir": host_dir}):

@@ -27,7 +27,7 @@ def lab_root() -> str:
 # section -> {key: type}; a key marked "!" is required
 SCHEMA: dict[str, dict[str, type]] = {
     "lab": {"name!": str, "cniVersion": str, "cniPath": str, "loopback": bool, "hosts!": list,
-            "networks!": list, "pods": list},
+            "networks!": list, "pods": list, "namespaces": list, "policies": list},
     "hosts": {"name!": str, "underlay": str},
     "networks": {"name!": str, "subnet": str, "subnet6": str, "type": str, "bridge": str, "isGateway": bool,
                  "ipMasq": bool, "mtu": int, "hairpinMode": bool, "cniVersion": str, "plugins": list,
@@ -36,7 +36,10 @@ SCHEMA: dict[str, dict[str, type]] = {
                  "clusterCIDR": str, "clusterCIDR6": str, "subnetPrefixLength": int, "subnetPrefixLength6": int,
                  "vni": int, "port": int, "directRouting": bool, "leaseTTL": int, "store": str,
                  "etcdEndpoints": list, "etcdMembers": int, "etcdAddress": str},
-    "pods": {"name!": str, "namespace": str, "host!": str, "network!": str, "ifname": str},
+    "pods": {"name!": str, "namespace": str, "host!": str, "network!": str, "ifname": str, "labels": dict,
+             "ports": list},
+    "namespaces": {"name!": str, "labels": dict},
+    "ports": {"name!": str, "port!": int, "protocol": str},
 }
 # overlay keys that become the agents' settings as they are (see overlay/config.py)
 OVERLAY_SETTINGS = ("clusterCIDR", "clusterCIDR6", "subnetPrefixLength", "subnetPrefixLength6", "vni", "port",
@@ -118,6 +121,8 @@ def parse(data, source: str = "<lab>") -> dict:
         "hosts": _hosts(plan_name=name, base=base, source=source, items=data["hosts"]),
         "networks": [],
         "overlay": None,
+        "policy": "policies" in data or "namespaces" in data,
+        "objects": [],
         "pods": [],
     }
     if any(h["underlay"] for h in plan["hosts"]):
@@ -129,6 +134,14 @@ def parse(data, source: str = "<lab>") -> dict:
     if overlays:
         plan["overlay"] = _overlay(source, plan, overlays[0])
     plan["pods"] = _pods(source, name, plan["hosts"], plan["networks"], data.get("pods") or [])
+    if plan["policy"]:
+        plan["objects"] = _policy_objects(source, data.get("namespaces") or [], data.get("policies") or [],
+                                          plan["pods"])
+    else:
+        labelled = [f"{p['namespace']}/{p['name']}" for p in plan["pods"] if p["labels"] or p["ports"]]
+        if labelled:
+            raise LabError(f"{source}: pods {', '.join(labelled)} have labels or ports, which are for network "
+                           "policy: add 'policies' (it may be empty)")
     return plan
 
 
@@ -276,10 +289,66 @@ def _pods(source: str, lab: str, hosts: list[dict], networks: list[dict], items:
             "ifname": p.get("ifname", "eth0"),
             "netns": f"pycni-{lab}-{ns}.{p['name']}",
             "containerId": f"{lab}-{ns}-{p['name']}-{_hash(lab + ns + p['name'])}",
+            "labels": p.get("labels", {}),
+            "ports": [_port(f"{where}: ports[{j}]", port) for j, port in enumerate(p.get("ports") or [])],
             "ips": [],
             "result": None,
         })
     return pods
+
+
+def _port(where: str, port) -> dict:
+    """A pod's named port as the netpolicy controller takes it."""
+    _check_keys(where, "ports", port)
+    return {"name": port["name"], "port": port["port"], "protocol": port.get("protocol", "TCP").upper()}
+
+
+def _policy_objects(source: str, namespaces: list, policies: list, pods: list[dict]) -> list[dict]:
+    """The lab's Namespace objects (with their labels) and NetworkPolicy
+    objects (Lists expanded), validated as the API server would, and its
+    pods' labels and ports as the netpolicy plugin will register them."""
+    from netpolicy.parse import PolicyError, parse_endpoint, parse_objects
+    from netpolicy.sources import inputs_of
+
+    declared = []
+    for i, ns in enumerate(namespaces):
+        _check_keys(f"{source}: namespaces[{i}]", "namespaces", ns)
+        declared.append({"apiVersion": "v1", "kind": "Namespace",
+                         "metadata": {"name": ns["name"], "labels": ns.get("labels", {})}})
+    for i, policy in enumerate(policies):
+        if not isinstance(policy, dict):  # a file's path: load_file reads it
+            raise LabError(f"{source}: policies[{i}] must be a NetworkPolicy object or, in a lab file, the "
+                           "path of a YAML file of them")
+    try:
+        parsed = parse_objects(declared, f"{source}: namespaces") + parse_objects(policies, f"{source}: policies")
+        inputs_of(parsed)   # the same object twice
+        for i, pod in enumerate(pods):
+            parse_endpoint({k: pod[k] for k in ("namespace", "name", "labels", "ports")}, f"{source}: pods[{i}]")
+    except PolicyError as e:
+        raise LabError(str(e)) from None
+    return declared + [item for policy in policies for item in
+                       (policy.get("items") or [] if policy.get("kind", "").endswith("List") else [policy])]
+
+
+def _policy_files(path: str, policies: list) -> list:
+    """The lab file's policies with each path (relative to the lab file)
+    replaced by the objects of that YAML or JSON file."""
+    from netpolicy.parse import PolicyError, load_documents, parse_objects
+
+    found = []
+    for i, item in enumerate(policies):
+        if not isinstance(item, str):
+            found.append(item)
+            continue
+        name = os.path.join(os.path.dirname(os.path.abspath(path)), item)
+        try:
+            with open(name) as f:
+                documents = load_documents(f.read(), name)
+            parse_objects(documents, name)
+        except (OSError, PolicyError) as e:
+            raise LabError(f"{path}: policies[{i}]: {e}") from None
+        found += documents
+    return found
 
 
 def load_file(path: str) -> dict:
@@ -292,6 +361,8 @@ def load_file(path: str) -> dict:
         raise LabError(f"cannot read lab file: {e}") from None
     except yaml.YAMLError as e:
         raise LabError(f"{path}: invalid YAML: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("policies"), list):
+        data["policies"] = _policy_files(path, data["policies"])
     plan = parse(data, path)
     plan["file"] = os.path.abspath(path)
     if plan["cniPath"]:
