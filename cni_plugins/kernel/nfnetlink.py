@@ -206,21 +206,27 @@ def identity(element: bytes) -> tuple:
 
 # --- nft JSON -> canonical -----------------------------------------------------------
 def _scalar(kind: str, item) -> int:
+    """A value in the one spelling whose meaning is certain; nft's others
+    (host and service names, a MAC's one-digit octets, a scoped IPv6
+    address, an ifname wildcard) are left to libnftables."""
     try:
-        if kind in ("ipv4_addr", "ipv6_addr") and isinstance(item, str):
+        if kind in ("ipv4_addr", "ipv6_addr") and isinstance(item, str) and "%" not in item:
             address = ipaddress.ip_address(item)
             if address.version == (4 if kind == "ipv4_addr" else 6):
                 return int(address)
-        elif kind == "ifname" and isinstance(item, str) and not item.endswith(("*", "\\")):
+        elif kind == "ifname" and isinstance(item, str) and item and "\0" not in item \
+                and not item.endswith(("*", "\\")):
             name = item.encode()
             if len(name) < 16:
                 return int.from_bytes(name.ljust(16, b"\0"), "big")
-        elif kind == "ether_addr" and isinstance(item, str) and item.count(":") == 5:
-            return int(item.replace(":", ""), 16)
+        elif kind == "ether_addr" and isinstance(item, str):
+            octets = item.split(":")
+            if len(octets) == 6 and all(len(o) == 2 and o.isascii() and o.isalnum() for o in octets):
+                return int("".join(octets), 16)
         elif kind == "inet_proto":
             return PROTOCOLS[item] if isinstance(item, str) else _integer(item)
         elif kind == "inet_service":
-            return int(item) if isinstance(item, str) and item.isdigit() else _integer(item)
+            return int(item) if isinstance(item, str) and item.isascii() and item.isdigit() else _integer(item)
     except (ValueError, KeyError):
         pass
     raise Unencodable(f"cannot encode {item!r} as {kind}")
@@ -232,21 +238,27 @@ def _integer(item) -> int:
     raise ValueError(item)
 
 
-def _field(kind: str, item) -> tuple[int, int]:
-    if isinstance(item, dict) and "prefix" in item and kind in ("ipv4_addr", "ipv6_addr"):
+def _field(kind: str, item, interval: bool) -> tuple[int, int]:
+    """One field's (lo, hi); a prefix or range only where nft takes one
+    (an interval set: it refuses them elsewhere, even a /32), and as nft
+    takes it (a prefix's host bits cleared, a range not reversed)."""
+    if not isinstance(item, dict):
+        value = _scalar(kind, item)
+        return value, value
+    if interval and "prefix" in item and kind in ("ipv4_addr", "ipv6_addr"):
         prefix = item["prefix"]
         base = _scalar(kind, prefix.get("addr"))
         network_class = ipaddress.IPv4Network if kind == "ipv4_addr" else ipaddress.IPv6Network
         try:
-            network = network_class((base, prefix.get("len")), strict=False)
-        except (TypeError, ValueError):
+            network = network_class((base, _integer(prefix.get("len"))), strict=False)
+        except ValueError:
             raise Unencodable(f"cannot encode {item!r} as {kind}") from None
         return int(network.network_address), int(network.broadcast_address)
-    if isinstance(item, dict) and "range" in item and len(item["range"]) == 2:
+    if interval and "range" in item and len(item["range"]) == 2:
         lo, hi = (_scalar(kind, end) for end in item["range"])
-        return lo, hi
-    value = _scalar(kind, item)
-    return value, value
+        if lo <= hi:
+            return lo, hi
+    raise Unencodable(f"cannot encode {item!r} as {kind}{'' if interval else ' in a set without intervals'}")
 
 
 def _verdict(item) -> tuple:
@@ -271,7 +283,7 @@ def from_json(shape: Shape, element) -> tuple[tuple, object]:
     fields = element["concat"] if isinstance(element, dict) and "concat" in element else [element]
     if len(fields) != len(shape.key):
         raise Unencodable(f"{element!r} does not fit a set of type {shape.key}")
-    return tuple(_field(kind, f) for kind, f in zip(shape.key, fields)), value
+    return tuple(_field(kind, f, shape.interval) for kind, f in zip(shape.key, fields)), value
 
 
 # --- wire -> shapes ---------------------------------------------------------------------
