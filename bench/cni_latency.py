@@ -178,6 +178,7 @@ class Bench:
                 if i:
                     samples[(v.name, "add")].append(add)
                     samples[(v.name, "del")].append(dele)
+        self.spread = {k: (min(s), max(s)) for k, s in samples.items()}
         return {k: statistics.median(s) for k, s in samples.items()}
 
     def veth_teardown(self, rounds=20):
@@ -239,16 +240,19 @@ TARGETS = {  # issue 5: ours / reference at most
 }
 
 
-def report(figures, client, floor):
+def report(figures, spread, client, floor):
+    """``spread``: (variant, figure) -> the (min, max) of the samples a median is of."""
     print(f"\nCNI latency, bridge + host-local, client: {client}, machine: {os.uname().nodename} "
           f"({os.cpu_count()} cores, kernel {os.uname().release})")
-    print(f"{'figure':<22}{'variant':<13}{'seconds':>10}   {'reference':>10}")
+    print(f"{'figure':<22}{'variant':<13}{'seconds':>10}   {'reference':>10}   min-max: ours, reference")
     ratios = []
     for (variant, what), value in figures.items():
         if variant == "reference":
             continue
         anchor = figures[("reference", what)]
-        print(f"{what:<22}{variant:<13}{value:>10.4f}   {anchor:>10.4f}")
+        ranges = "   ".join(f"{lo:.4f}-{hi:.4f}" for lo, hi in
+                           (spread[(v, what)] for v in (variant, "reference") if (v, what) in spread))
+        print(f"{what:<22}{variant:<13}{value:>10.4f}   {anchor:>10.4f}   {ranges}")
         ratios.append((variant, what, value / anchor, TARGETS.get((variant, what))))
     print(f"\nkernel floor: tearing down one such attachment's veth pair takes {floor * 1000:.1f} ms "
           "here (median), inside every DEL of ours and the reference's")
@@ -292,7 +296,7 @@ def main(argv=None):
     finally:
         bench.teardown()
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if report(figures, args.client, floor) else 0
+    return 1 if report(figures, bench.spread, args.client, floor) else 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ the batch, they go through libnftables in a transaction that re-declares
 the table's skeleton (chains are flushed and refilled), which creates the
 table or heals one someone flushed.  libnftables is the slow path on a
 node with large tables of others: it first fetches a cache of every table
-in the namespace (about 7 ms with 1,000 network policies loaded).  So a
+in the namespace (about 10 ms with 1,000 network policies loaded).  So a
 process records how the kernel holds a table it declared, and when the
 table is absent again (its last element left and it was dropped) creates
 it from that record in the batch that adds the elements.
@@ -184,8 +184,9 @@ def _as_declared(client: NfTables, table: Table, shapes: dict | None) -> bool:
     """Whether the table stands as declared: each set there with its
     declared type (``shapes``: the kernel's, None when the table is absent),
     each chain with its number of rules.  A rule changed in place, keeping
-    its chain's count, goes unnoticed.  A table with named counters is
-    always declared again: they are not checked here."""
+    its chain's count (by someone else, or by an upgrade of ours), goes
+    unnoticed until the table is dropped with its last element.  A table
+    with named counters is always declared again: they are not checked here."""
     if shapes is None or table.counters:
         return False
     if any(shapes.get(name) != Shape.declared(spec) for name, spec in table.sets.items()):
