@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from cni_plugins.core import version as cni_version
+from cni_plugins.core.config import fold_keys
 
 NETWORK = "fuzznet"
 CONTAINER_ID, IFNAME = "fuzzc1", "eth0"
@@ -294,6 +295,15 @@ NODE_STATE_FIELDS = {
     ("vtep",): [{}, None, "x", []],
     ("underlay",): [{}, None, "x", []],
 }
+# ...and those of them that make a node state unusable whatever the other fields hold
+NODE_STATE_UNUSABLE = {
+    ("version",): NODE_STATE_FIELDS[("version",)],
+    ("cluster",): [5, None], ("node",): [5, None],
+    ("clusterCIDR",): ["fd00::/48", "10.0.0.0/33", "", 5], ("clusterCIDR6",): ["10.0.0.0/8", "", 5],
+    ("subnet",): ["@ADDR@/24", "fd00::/64", "10.0.0.0/33", "", 5], ("subnet6",): ["10.9.9.0/24", "", 5],
+    ("mtu",): [67, 65536, 0, -1, "1450", 1450.5, True, None, 2 ** 64],
+    ("vtep",): [None, "x", []], ("underlay",): [None, "x", []],
+}
 # what is at the node state file's path (the .left file of a clean leave for "left")
 NODE_STATE_FORMS = ("agent", "missing", "left", "empty", "edited", "raw", "value")
 # label files of pods (labelsDir/<namespace>/<name>.json), as an operator or a broken tool left them; CNI_ARGS
@@ -537,19 +547,66 @@ def config_document(inp: Input, site, real_prev: dict | None) -> dict:
     return _substitute(doc, placeholders(site), _substitute(prev, placeholders(site), None))
 
 
+def _one_of(value, values) -> bool:
+    """``value`` is among ``values`` as JSON tells them apart (1, 1.0 and true are three)."""
+    def text(v):
+        return json.dumps(v, sort_keys=True, default=repr)   # a Raw is none of them
+
+    return text(value) in {text(v) for v in values}
+
+
+def _unusable_node_state(inp: Input) -> str:
+    form, *detail = inp.node_state
+    if form in ("missing", "left", "empty", "value") or form == "raw" and RAW_DOCUMENT[detail[0]]:
+        return form
+    last = dict(detail[0]) if form == "edited" else {}   # the last edit of each field wins
+    return next((f"{path[0]} {value!r}" for path, value in last.items()
+                 if _one_of(value, NODE_STATE_UNUSABLE[path])), "")
+
+
+# labels and named container ports the policy controller must refuse (Kubernetes' rules)
+BAD_LABEL_KEYS = ("", "a/b/c", "k" * 64)
+BAD_LABEL_VALUES = ("v" * 64, "x" * 64, "no spaces", "-web", 5, True, None, "\u00e9", {"nested": 1}, ["web"])
+PORT_NAME_ALLOWED = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _bad_named_port(port) -> bool:
+    if not isinstance(port, dict):
+        return True
+    port = fold_keys(port, ("name", "containerPort", "protocol"))
+    name, number = port.get("name"), port.get("containerPort")
+    if not name:
+        return False   # the plugin passes on named ports only
+    return (not isinstance(name, str) or len(name) > 15 or not set(name) <= PORT_NAME_ALLOWED or "--" in name
+            or name[0] == "-" or name[-1] == "-" or not set(name) & set("abcdefghijklmnopqrstuvwxyz")
+            or type(number) is not int or not 1 <= number <= 65535
+            or (port.get("protocol") or "TCP") not in ("TCP", "UDP", "SCTP"))
+
+
+def _refused_endpoint(doc: dict) -> str:
+    runtime = doc.get("runtimeConfig")
+    runtime = fold_keys(runtime, ("labels", "podPorts")) if isinstance(runtime, dict) else {}
+    labels, ports = runtime.get("labels"), runtime.get("podPorts")
+    if labels is not None and not isinstance(labels, dict) or ports is not None and not isinstance(ports, list):
+        return "labels or podPorts of the wrong type"
+    bad = [k for k, v in (labels or {}).items() if k in BAD_LABEL_KEYS or _one_of(v, BAD_LABEL_VALUES)]
+    bad += [p for p in ports or () if _bad_named_port(p)]
+    return f"the controller must refuse {bad[0]!r}" if bad else ""
+
+
 def doomed(inp: Input, doc: dict, site) -> str:
     """Why an ADD of config ``doc`` must fail whatever else the input holds
-    ("" if it may succeed): a netpolicy plugin with no controller to ask,
-    an overlay plugin whose node state is gone or cannot be decoded."""
-    if inp.plugin == "netpolicy" and doc.get("socket") == ABSENT_POLICY_SOCKET:
-        return "no policy controller serves its socket"
+    ("" if it may succeed): a netpolicy plugin with no controller to ask or
+    with labels or ports the controller refuses, an overlay plugin whose
+    node state is gone or cannot be used."""
+    if inp.plugin == "netpolicy":
+        if doc.get("socket") == ABSENT_POLICY_SOCKET:
+            return "no policy controller serves its socket"
+        return _refused_endpoint(doc)
     reads_site_state = doc.get("stateFile") in (None, "", site.node_state_path) and doc.get("cluster", "default") \
         == "default"
-    form = inp.node_state[0]
-    if inp.plugin == "overlay" and reads_site_state and (form in ("missing", "left", "empty", "value") or
-                                                         form == "raw" and RAW_DOCUMENT[inp.node_state[1]]):
-        return f"the node state is unusable ({form})"
-    return ""
+    unusable = _unusable_node_state(inp) if inp.plugin == "overlay" and reads_site_state else ""
+    return f"the node state is unusable ({unusable})" if unusable else ""
 
 
 def node_state_files(inp: Input, site) -> tuple[bytes | None, bytes | None]:
