@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from conftest import add, data_files, delete, exec_plugin, host_veths, in_ruleset, run
+from conftest import add, data_files, delete, exec_plugin, host_veths, in_ruleset, run, unique
+from test_overlay_plugin import STATE as OVERLAY_STATE, conf as overlay_conf, host, plugin as overlay_plugin  # noqa: F401
 
 
 def nothing_left(conf, state_dirs):
@@ -254,3 +255,21 @@ def test_a_document_that_is_no_object_is_a_decode_failure_whatever_it_holds(bin_
     rc, out = exec_plugin(bin_dir, "bridge", "ADD", raw, netns=f"/run/netns/{netns}")
     assert rc == 1 and out["code"] == 6 and "must be a JSON object" in out["msg"], out
     assert nothing_left(net, state_dirs)
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_a_node_state_format_version_is_the_integer_1_not_what_python_finds_equal(bin_dir, host, make_netns,
+                                                                                  tmp_path, version):
+    """The overlay plugin compared the node state's "version" with 1 by
+    Python's equality: true and 1.0 passed as format version 1 (Go's
+    decoder refuses both for an integer)."""
+    host_ns, state_file = host
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text(json.dumps({**OVERLAY_STATE, "version": version}))
+    pod = make_netns("ovpp")
+    config = overlay_conf(tmp_path, bridge=unique("ovb"))
+    try:
+        rc, out = overlay_plugin(bin_dir, host_ns, "ADD", config, pod)
+        assert rc == 1 and out["code"] == 6 and "format version" in out["msg"], out
+    finally:
+        assert overlay_plugin(bin_dir, host_ns, "DEL", config, pod) == (0, None)
