@@ -226,7 +226,8 @@ OVERLAY = {
     ("cluster",): ["default", "other", "../default", "", "a" * 300, "default.json"],
     ("stateFile",): ["@STATE@", "@STATE@.left", "@DIR@", "@FILE@", "/nonexistent-fuzz/x.json", "", "relative.json",
                      "/dev/null", "/proc/self/status", "@STATE@/x"],
-    ("ipam",): [{}, {"type": "host-local"}, {"type": "dhcp"}, {"dataDir": "@DATA@", "ranges": [[{"subnet": "@SUBNET@"}]]},
+    ("ipam",): [{}, {"type": "host-local"}, {"type": "dhcp"},
+                {"dataDir": "@DATA@", "ranges": [[{"subnet": "@SUBNET@"}]]},
                 {"subnet": "@SUBNET2@"}, "x", []],
     ("ipam", "type"): ["host-local", "", "static", 5],
     ("ipam", "dataDir"): IPAM[("ipam", "dataDir")],
@@ -249,10 +250,12 @@ NETPOLICY = {
     ("labelsDir",): ["@LABELS@", "@LABELS@/fuzz", "/nonexistent-fuzz", "@FILE@", "@DIR@", "relative", ""],
     ("namespace",): ["default", "fuzz", "kube-system", "Upper", "a" * 64, "-x", "", "a.b"],
     ("capabilities",): [{}, {"labels": True}, {"podPorts": True}],
-    ("runtimeConfig",): [{}, {"labels": {}}, {"Labels": {"app": "db"}, "PodPorts": [{"name": "db", "containerPort": 5432}]},
+    ("runtimeConfig",): [{}, {"labels": {}},
+                         {"Labels": {"app": "db"}, "PodPorts": [{"name": "db", "containerPort": 5432}]},
                          {"labels": None, "podPorts": None}],
     ("runtimeConfig", "labels"): [{}, {"app": "db"}, {"role": "client"}, {"app": ""}, {"app": 5}, {"app": None},
-                                  {"": "x"}, {"example.com/app": "web"}, {"a/b/c": "x"}, {"k" * 64: "v"}, {"app": "v" * 64},
+                                  {"": "x"}, {"example.com/app": "web"}, {"a/b/c": "x"}, {"k" * 64: "v"},
+                                  {"app": "v" * 64},
                                   {"app": "no spaces"}, {"app": "-web"}, {"app": {"nested": 1}}, {"app": ["web"]},
                                   {"kubernetes.io/metadata.name": "other"}, ["app"], "app=web"],
     ("runtimeConfig", "labels", "role"): ["client", "", "x" * 64, 5, True, "\u00e9"],
@@ -309,7 +312,8 @@ NODE_STATE_FORMS = ("agent", "missing", "left", "empty", "edited", "raw", "value
 # label files of pods (labelsDir/<namespace>/<name>.json), as an operator or a broken tool left them; CNI_ARGS
 # naming their pods
 LABEL_FILES = {"fuzz/web-1": {"labels": {"role": "client"}, "ports": [{"name": "metrics", "containerPort": 9090}]},
-               "fuzz/db-1": {"labels": {"app": "db"}, "ports": [{"name": "db", "containerPort": 5432, "protocol": "TCP"}]},
+               "fuzz/db-1": {"labels": {"app": "db"},
+                             "ports": [{"name": "db", "containerPort": 5432, "protocol": "TCP"}]},
                "fuzz/torn": b'{"labels": {"app"', "fuzz/array": [], "fuzz/nonutf8": b'{"labels": {"a": "\xff"}}',
                "fuzz/badlabels": {"labels": ["app"]}, "fuzz/badports": {"ports": {"name": "http"}},
                "fuzz/badport": {"ports": [{"name": "x" * 20, "containerPort": 80}, 5]},
@@ -322,7 +326,8 @@ POD_ARGS = ["IgnoreUnknown=1;K8S_POD_NAMESPACE=fuzz;K8S_POD_NAME=" + name.split(
 PLUGIN_ARGS = {"netpolicy": POD_ARGS}
 # the policy controller's objects: pods of namespace fuzz isolated, named ports and labels matter
 POLICIES = [
-    {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "isolate", "namespace": "fuzz"},
+    {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+     "metadata": {"name": "isolate", "namespace": "fuzz"},
      "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [
          {"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": "http"}]}],
          "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": "db"}]}]}},

@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from conftest import add, data_files, delete, exec_plugin, host_veths, in_ruleset, run, unique
-from test_overlay_plugin import STATE as OVERLAY_STATE, conf as overlay_conf, host, plugin as overlay_plugin  # noqa: F401
+from test_overlay_plugin import STATE as OVERLAY_STATE, conf as overlay_conf, plugin as overlay_plugin
+from test_overlay_plugin import host  # noqa: F401 - the fixture
 
 
 def nothing_left(conf, state_dirs):
