@@ -255,7 +255,15 @@ def check(req: Request) -> None:
 
 
 def delete(req: Request) -> None:
-    bridge.delete(bridge_request(req, parse_config(req), None))
+    """Needs no node state; where it is still readable, its cluster CIDRs
+    let a DEL without our record (prevResult only) find the masquerade
+    exemption the ADD made."""
+    cfg = parse_config(req)
+    try:
+        cluster_cidrs = read_state(cfg.state_file).cluster_cidrs
+    except (OSError, NodeStateError):
+        cluster_cidrs = []
+    bridge.delete(bridge_request(req, cfg, None), cluster_cidrs)
 
 
 def gc(req: Request) -> None:

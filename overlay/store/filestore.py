@@ -26,7 +26,7 @@ from cni_plugins.core.records import write_atomic
 from ..lease import Lease, LeaseRequest
 from ..network import Network
 from .base import LeaseEvent, LeaseLost, LeaseStore, LeaseWatch, WatchBatch, own_lease
-from .inotify import IN_DELETE, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
+from .inotify import IN_CREATE, IN_DELETE, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify
 
 SUFFIX = ".json"
 
@@ -123,7 +123,9 @@ class FileWatch(LeaseWatch):
     def __init__(self, store: FileStore):
         self.store = store
         # Watch before the first scan: nothing changed in between is missed.
-        self.inotify = Inotify(store.leases_dir, IN_MOVED_TO | IN_DELETE)
+        # write_atomic links a new file complete under its name (IN_CREATE)
+        # and renames a complete replacement over an old one (IN_MOVED_TO).
+        self.inotify = Inotify(store.leases_dir, IN_CREATE | IN_MOVED_TO | IN_DELETE)
         self.stop_r, self.stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._running = self._closed = False

@@ -1,7 +1,7 @@
 """Linux inotify through ctypes: the file store's change notification.
 
 Chosen over polling with stat(): a watcher wakes within microseconds of
-another agent's rename or unlink and costs nothing while nothing changes,
+another agent's link, rename or unlink and costs nothing while nothing changes,
 so fifty agents watching one directory neither burn CPU nor wait out a
 poll interval.  Network namespaces share the filesystem, so it serves lab
 hosts too.
@@ -11,6 +11,7 @@ import os
 import struct
 
 IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
 IN_Q_OVERFLOW = 0x00004000
 IN_NONBLOCK = os.O_NONBLOCK
