@@ -87,7 +87,8 @@ class Site:
         if self.with_agent:
             duties = ("--policy-dir", str(self.policy_dir), "--state-dir", str(self.state)) if self.policy_dir else ()
             self.agent = RunningAgent(unique("pycni-fuzz-"), self.root / "agent.log",
-                                      prefix=("nsenter", f"--net=/run/netns/{self.node}"), args=duties)
+                                      prefix=("nsenter", f"--net=/run/netns/{self.node}"), args=duties,
+                                      cwd=self.cwd)   # the plugins': what a relative path leaves is observed
         self.pristine = self.observe()
 
     def _open_pod(self) -> None:
