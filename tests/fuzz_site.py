@@ -82,14 +82,19 @@ class Site:
             self._nft = nftables.Nftables()
             self._nft.set_json_output(True)
         self._open_pod()
-        if self.overlay_node:
-            self.restore_node_state()
-        if self.with_agent:
-            duties = ("--policy-dir", str(self.policy_dir), "--state-dir", str(self.state)) if self.policy_dir else ()
-            self.agent = RunningAgent(unique("pycni-fuzz-"), self.root / "agent.log",
-                                      prefix=("nsenter", f"--net=/run/netns/{self.node}"), args=duties,
-                                      cwd=self.cwd)   # the plugins': what a relative path leaves is observed
-        self.pristine = self.observe()
+        try:
+            if self.overlay_node:
+                self.restore_node_state()
+            if self.with_agent:
+                duties = ("--policy-dir", str(self.policy_dir), "--state-dir", str(self.state)) if self.policy_dir \
+                    else ()
+                self.agent = RunningAgent(unique("pycni-fuzz-"), self.root / "agent.log",
+                                          prefix=("nsenter", f"--net=/run/netns/{self.node}"), args=duties,
+                                          cwd=self.cwd)   # the plugins': what a relative path leaves is observed
+            self.pristine = self.observe()
+        except BaseException:  # the namespaces go with a site that never was
+            self.close()
+            raise
 
     def _open_pod(self) -> None:
         self.pod = _make_netns("pfzp")
