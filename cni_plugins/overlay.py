@@ -105,7 +105,7 @@ class NodeState:
     def from_json(cls, data) -> "NodeState":
         if not isinstance(data, dict):
             raise NodeStateError("not a JSON object")
-        if data.get("version") != STATE_VERSION:
+        if type(data.get("version")) is not int or data["version"] != STATE_VERSION:  # true == 1.0 == 1
             raise NodeStateError(f"format version {data.get('version')!r}, this plugin reads "
                                  f"version {STATE_VERSION}", unknown_version=True)
         state = cls(cluster=_field(data, "cluster", str), node=_field(data, "node", str),
