@@ -71,6 +71,13 @@ def masq_elements(address: str, subnet: str) -> list[nft.Element]:
     ]
 
 
+def masq_subnet(iface, masq_exempt: list[str]) -> str:
+    """What an address's masquerade leaves alone: the first of ``masq_exempt``
+    (the overlay's cluster CIDRs) of its family, else its own subnet."""
+    exempt = [n for n in masq_exempt if ipaddress.ip_network(n).version == iface.version]
+    return exempt[0] if exempt else str(iface.network)
+
+
 def spoofchk_elements(host_ifname: str, mac: str) -> list[nft.Element]:
     return [
         (SPOOFCHK, "spoofchk_ports", host_ifname),
@@ -196,8 +203,7 @@ def make_plan(cfg: BridgeConfig, req: Request, ipam_result: dict, host_veth: str
                 gateways.append(ipaddress.ip_interface((gw, iface.network.prefixlen)))
         ips.append(entry)
         if cfg.ip_masq:
-            exempt = [n for n in cfg.masq_exempt if ipaddress.ip_network(n).version == iface.version]
-            elements += masq_elements(str(iface.ip), exempt[0] if exempt else str(iface.network))
+            elements += masq_elements(str(iface.ip), masq_subnet(iface, cfg.masq_exempt))
     if cfg.macspoofchk:
         elements += spoofchk_elements(host_veth, mac)
 
@@ -231,9 +237,10 @@ def record_of(req: Request, cfg: BridgeConfig, plan: Plan) -> dict:
             "bridge": cfg.bridge, "hostVeth": plan.host_veth, "nft": nft.to_record(plan.nft_elements)}
 
 
-def record_from_prev_result(req: Request) -> dict:
+def record_from_prev_result(req: Request, masq_exempt: list[str] = ()) -> dict:
     """Without our record (an attachment made by an older version, or a lost
-    state dir), what the runtime's cached result tells."""
+    state dir), what the runtime's cached result tells (``masq_exempt``: as
+    the ADD's config had it, when the caller still knows)."""
     record = {"containerID": req.container_id, "ifname": req.ifname, "nft": []}
     prev = req.prev_result or {}
     for iface in prev.get("interfaces") or []:
@@ -242,7 +249,7 @@ def record_from_prev_result(req: Request) -> dict:
     if req.config.get("ipMasq"):
         for ip in prev.get("ips") or []:
             iface = ipaddress.ip_interface(ip["address"])
-            record["nft"] += nft.to_record(masq_elements(str(iface.ip), str(iface.network)))
+            record["nft"] += nft.to_record(masq_elements(str(iface.ip), masq_subnet(iface, masq_exempt)))
     return record
 
 
@@ -493,10 +500,10 @@ def add(req: Request, cfg: BridgeConfig | None = None) -> dict:
             raise
 
 
-def delete(req: Request) -> None:
+def delete(req: Request, masq_exempt: list[str] = ()) -> None:
     release(store_for(req, PLUGIN), req,
             lambda record: undo(record, req.netns, also=lambda: delegate.run(req, "DEL")),
-            fallback=record_from_prev_result)
+            fallback=lambda req: record_from_prev_result(req, masq_exempt))
 
 
 def check(req: Request) -> None:

@@ -105,7 +105,7 @@ class NodeState:
     def from_json(cls, data) -> "NodeState":
         if not isinstance(data, dict):
             raise NodeStateError("not a JSON object")
-        if data.get("version") != STATE_VERSION:
+        if type(data.get("version")) is not int or data["version"] != STATE_VERSION:  # true == 1.0 == 1
             raise NodeStateError(f"format version {data.get('version')!r}, this plugin reads "
                                  f"version {STATE_VERSION}", unknown_version=True)
         state = cls(cluster=_field(data, "cluster", str), node=_field(data, "node", str),
@@ -255,7 +255,15 @@ def check(req: Request) -> None:
 
 
 def delete(req: Request) -> None:
-    bridge.delete(bridge_request(req, parse_config(req), None))
+    """Needs no node state; where it is still readable, its cluster CIDRs
+    let a DEL without our record (prevResult only) find the masquerade
+    exemption the ADD made."""
+    cfg = parse_config(req)
+    try:
+        cluster_cidrs = read_state(cfg.state_file).cluster_cidrs
+    except (OSError, NodeStateError):
+        cluster_cidrs = []
+    bridge.delete(bridge_request(req, cfg, None), cluster_cidrs)
 
 
 def gc(req: Request) -> None:

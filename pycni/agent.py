@@ -69,7 +69,7 @@ def request_paths(environ: dict, stdin: bytes) -> list[str]:
             paths.append(config.get("labelsDir") or netpolicy.DEFAULT_LABELS_DIR)
     except (ValueError, AttributeError, RecursionError):
         pass
-    return [p for p in paths if isinstance(p, str) and p.startswith("/")]
+    return [p for p in paths if isinstance(p, str) and p]
 
 
 def attachment_key(environ: dict, stdin: bytes) -> tuple | None:
@@ -155,18 +155,21 @@ class Agent:
     def sees_what_we_see(self, pid: int, paths: list[str]) -> bool:
         """Whether each path is the same object through the caller's root as
         through ours (same network namespace too: abstract sockets are per
-        netns, so anything else is a misconfiguration)."""
+        netns, so anything else is a misconfiguration).  A relative path
+        resolves from the caller's working directory, which must then be
+        ours."""
+        def same(ours: str, theirs: str) -> bool:
+            a, b = os.stat(ours), os.stat(theirs)
+            return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
         try:
             if _ns_inode(pid, "net") != self.own_netns:
                 return False
-            for path in paths:
-                here = _existing(path)
-                ours, theirs = os.stat(here), os.stat(f"/proc/{pid}/root{here}")
-                if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino):
-                    return False
+            if any(not os.path.isabs(p) for p in paths) and not same(os.getcwd(), f"/proc/{pid}/cwd"):
+                return False
+            return all(same(here, f"/proc/{pid}/root{here}") for here in map(_existing, paths))
         except OSError:
             return False
-        return True
 
     def serve_forever(self) -> None:
         log.info("pycni agent listening on @%s", self.address.lstrip("\0"))

@@ -11,10 +11,12 @@ class RunningAgent:
     """`pycni agent` in the foreground (inside ``prefix``), ready once its
     log says it listens."""
 
-    def __init__(self, name, log_path, prefix=()):
+    def __init__(self, name, log_path, prefix=(), args=(), cwd=None):
         self.name = name
         self.log_path = log_path
         self.prefix = tuple(prefix)
+        self.args = tuple(args)   # more `pycni agent` flags: its duties
+        self.cwd = cwd            # where relative paths in the requests it serves land
         self.start()
 
     def start(self):
@@ -23,9 +25,9 @@ class RunningAgent:
         before = self.log().count(ready) if os.path.exists(self.log_path) else 0
         pycni = os.path.join(os.path.dirname(sys.executable), "pycni")
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen([*self.prefix, pycni, "agent", "--socket", self.name, "--verbose"],
-                                         stderr=log, stdout=subprocess.DEVNULL)
-        deadline = time.time() + 15
+            self.proc = subprocess.Popen([*self.prefix, pycni, "agent", "--socket", self.name, "--verbose", *self.args],
+                                         stderr=log, stdout=subprocess.DEVNULL, cwd=self.cwd)
+        deadline = time.time() + 60   # a policy duty first reconciles; the machine may be busy
         while time.time() < deadline and self.proc.poll() is None:
             if self.log().count(ready) > before:
                 return

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from cni_plugins.core import version as cni_version
+from cni_plugins.core.config import fold_keys
 
 NETWORK = "fuzznet"
 CONTAINER_ID, IFNAME = "fuzzc1", "eth0"
-CHAINED = ("portmap", "firewall", "tuning", "bandwidth", "dnsname")
+CHAINED = ("portmap", "firewall", "tuning", "bandwidth", "dnsname", "netpolicy")
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,13 @@ BASES = {
                                                   "egressRate": 8_000_000, "egressBurst": 80_000}}},
     "dnsname": {"type": "dnsname", "domainName": "dns.fuzz", "capabilities": {"aliases": True},
                 "prevResult": "@PREV@", "runtimeConfig": {"aliases": {"@NET@": ["web"]}}},
+    "overlay": {"type": "overlay", "bridge": "@BRIDGE@", "ipam": {"dataDir": "@DATA@"}},
+    "netpolicy": {"type": "netpolicy", "labelsDir": "@LABELS@", "capabilities": {"labels": True, "podPorts": True},
+                  "prevResult": "@PREV@", "runtimeConfig": {"labels": {"app": "web"}, "podPorts": [
+                      {"name": "http", "containerPort": 80, "protocol": "TCP"}]}},
 }
-BASE_ARGS = {"dnsname": "IgnoreUnknown=1;K8S_POD_NAMESPACE=fuzz;K8S_POD_NAME=web-1"}
+BASE_ARGS = {"dnsname": "IgnoreUnknown=1;K8S_POD_NAMESPACE=fuzz;K8S_POD_NAME=web-1",
+             "netpolicy": "IgnoreUnknown=1;K8S_POD_NAMESPACE=fuzz;K8S_POD_NAME=web-1"}
 
 # --- which fields each plugin reads, and values that reach its code paths ------------------
 _BOOL = [True, False]
@@ -215,8 +221,52 @@ DNSNAME = {
     ("runtimeConfig", "aliases"): [{"@NET@": ["web", "db"]}, ["web"], {"@NET@": "web"}, {"other": ["x"]},
                                    {"@NET@": ["-bad"]}, 5],
 }
+OVERLAY = {
+    **{path: values for path, values in BRIDGE.items() if path[0] != "ipam"},
+    ("cluster",): ["default", "other", "../default", "", "a" * 300, "default.json"],
+    ("stateFile",): ["@STATE@", "@STATE@.left", "@DIR@", "@FILE@", "/nonexistent-fuzz/x.json", "", "relative.json",
+                     "/dev/null", "/proc/self/status", "@STATE@/x"],
+    ("ipam",): [{}, {"type": "host-local"}, {"type": "dhcp"},
+                {"dataDir": "@DATA@", "ranges": [[{"subnet": "@SUBNET@"}]]},
+                {"subnet": "@SUBNET2@"}, "x", []],
+    ("ipam", "type"): ["host-local", "", "static", 5],
+    ("ipam", "dataDir"): IPAM[("ipam", "dataDir")],
+    ("ipam", "routes"): IPAM[("ipam", "routes")] + [[{"dst": "@CIDR@"}], "x", [5]],
+    ("isGateway",): [True, False, "false"],
+    ("isDefaultGateway",): [True, False, 0],
+    ("mtu",): [1450, 1400, 9000, 68, 67, 65536, 0, None, "1450"],
+}
+# Kubernetes container ports, as runtimes pass the podPorts capability, and broken
+_POD_PORTS = [[], [{"name": "http", "containerPort": 80}], [{"Name": "http", "ContainerPort": 8080, "Protocol": "UDP"}],
+              [{"name": "http", "containerPort": 80}, {"name": "http", "containerPort": 81}],
+              [{"name": "http", "containerPort": 80}, {"name": "http", "containerPort": 80, "protocol": "UDP"}],
+              [{"name": "dns", "containerPort": 53, "protocol": "SCTP"}], [{"containerPort": 80}],
+              [{"name": "p" * 16, "containerPort": 80}], [{"name": "http", "containerPort": 0}],
+              [{"name": "http", "containerPort": 65536}], [{"name": "http"}], [{"name": "http", "containerPort": "80"}],
+              [{"name": "http", "containerPort": 80, "protocol": "icmp"}], [{"name": "-http", "containerPort": 80}],
+              [{"name": "http", "containerPort": 80.5}], [5], [None], {"name": "http"}, "http"]
+NETPOLICY = {
+    ("socket",): ["pycni-policy", "@NOPOLICY@", "", "p" * 120, "@NOPOLICY@\u0000x", "pycni-policy "],
+    ("labelsDir",): ["@LABELS@", "@LABELS@/fuzz", "/nonexistent-fuzz", "@FILE@", "@DIR@", "relative", ""],
+    ("namespace",): ["default", "fuzz", "kube-system", "Upper", "a" * 64, "-x", "", "a.b"],
+    ("capabilities",): [{}, {"labels": True}, {"podPorts": True}],
+    ("runtimeConfig",): [{}, {"labels": {}},
+                         {"Labels": {"app": "db"}, "PodPorts": [{"name": "db", "containerPort": 5432}]},
+                         {"labels": None, "podPorts": None}],
+    ("runtimeConfig", "labels"): [{}, {"app": "db"}, {"role": "client"}, {"app": ""}, {"app": 5}, {"app": None},
+                                  {"": "x"}, {"example.com/app": "web"}, {"a/b/c": "x"}, {"k" * 64: "v"},
+                                  {"app": "v" * 64},
+                                  {"app": "no spaces"}, {"app": "-web"}, {"app": {"nested": 1}}, {"app": ["web"]},
+                                  {"kubernetes.io/metadata.name": "other"}, ["app"], "app=web"],
+    ("runtimeConfig", "labels", "role"): ["client", "", "x" * 64, 5, True, "\u00e9"],
+    ("runtimeConfig", "podPorts"): _POD_PORTS,
+    ("runtimeConfig", "podPorts", 0, "name"): ["http", "metrics", "", "p" * 15, "p" * 16, "HTTP", "ht-tp", "h--p",
+                                               "80", 80, None],
+    ("runtimeConfig", "podPorts", 0, "containerPort"): [80, 1, 65535, 0, -1, 65536, "80", 80.0, 2 ** 64, True],
+    ("runtimeConfig", "podPorts", 0, "protocol"): ["TCP", "UDP", "SCTP", "tcp", "", "ICMP", 6, None],
+}
 FIELDS = {"bridge": BRIDGE, "host-local": IPAM, "loopback": {}, "portmap": PORTMAP, "firewall": FIREWALL,
-          "tuning": TUNING, "bandwidth": BANDWIDTH, "dnsname": DNSNAME}
+          "tuning": TUNING, "bandwidth": BANDWIDTH, "dnsname": DNSNAME, "overlay": OVERLAY, "netpolicy": NETPOLICY}
 PREV_FIELDS = {
     ("ips",): [[], "x"],
     ("ips", 0, "address"): ["@ADDR@/24", "10.9.9.9/24", "fd00:f::5/64", "10.9.9.9", "x"],
@@ -233,6 +283,69 @@ PREV_FIELDS = {
     ("dns",): [{"nameservers": ["10.0.0.1"]}, {}],
     ("cniVersion",): ["0.3.1", "0.2.0", "9.9.9", 5],
 }
+
+# --- the node the overlay and netpolicy plugins find -----------------------------------------
+# Edits of the node state the overlay duty wrote (placeholders as in configs)
+NODE_STATE_FIELDS = {
+    ("version",): [2, 0, "1", 1.0, True, None, 10 ** 30],
+    ("cluster",): ["other", "", 5, None],
+    ("node",): ["", 5, None, "n" * 300],
+    ("clusterCIDR",): ["@CIDR@", "10.0.0.0/8", "10.9.0.0/16", "fd00::/48", "@SUBNET@", "10.0.0.0/33", "", 5, None],
+    ("clusterCIDR6",): ["fd00::/16", "10.0.0.0/8", "", 5, None],
+    ("subnet",): ["@SUBNET@", "10.9.9.0/24", "@ADDR@/24", "@CIDR@", "fd00::/64", "10.0.0.0/33", "", 5, None],
+    ("subnet6",): ["fd00::/64", "10.9.9.0/24", "", 5, None],
+    ("mtu",): [1450, 1280, 68, 67, 65535, 65536, 0, -1, "1450", 1450.5, True, None, 2 ** 64],
+    ("vtep",): [{}, None, "x", []],
+    ("underlay",): [{}, None, "x", []],
+}
+# ...and those of them that make a node state unusable whatever the other fields hold
+NODE_STATE_UNUSABLE = {
+    ("version",): NODE_STATE_FIELDS[("version",)],
+    ("cluster",): [5, None], ("node",): [5, None],
+    ("clusterCIDR",): ["fd00::/48", "10.0.0.0/33", "", 5], ("clusterCIDR6",): ["10.0.0.0/8", "", 5],
+    ("subnet",): ["@ADDR@/24", "fd00::/64", "10.0.0.0/33", "", 5], ("subnet6",): ["10.9.9.0/24", "", 5],
+    ("mtu",): [67, 65536, 0, -1, "1450", 1450.5, True, None, 2 ** 64],
+    ("vtep",): [None, "x", []], ("underlay",): [None, "x", []],
+}
+# what is at the node state file's path (the .left file of a clean leave for "left")
+NODE_STATE_FORMS = ("agent", "missing", "left", "empty", "edited", "raw", "value")
+# label files of pods (labelsDir/<namespace>/<name>.json), as an operator or a broken tool left them; CNI_ARGS
+# naming their pods
+LABEL_FILES = {"fuzz/web-1": {"labels": {"role": "client"}, "ports": [{"name": "metrics", "containerPort": 9090}]},
+               "fuzz/db-1": {"labels": {"app": "db"},
+                             "ports": [{"name": "db", "containerPort": 5432, "protocol": "TCP"}]},
+               "fuzz/torn": b'{"labels": {"app"', "fuzz/array": [], "fuzz/nonutf8": b'{"labels": {"a": "\xff"}}',
+               "fuzz/badlabels": {"labels": ["app"]}, "fuzz/badports": {"ports": {"name": "http"}},
+               "fuzz/badport": {"ports": [{"name": "x" * 20, "containerPort": 80}, 5]},
+               "fuzz/badvalue": {"labels": {"app": "no spaces"}}, "fuzz/dir": None,
+               "default/" + CONTAINER_ID: {"labels": {"app": "web"}}}
+POD_ARGS = ["IgnoreUnknown=1;K8S_POD_NAMESPACE=fuzz;K8S_POD_NAME=" + name.split("/")[1] for name in LABEL_FILES] + [
+    "K8S_POD_NAMESPACE=fuzz", "K8S_POD_NAME=web-1", "K8S_POD_NAMESPACE=Fuzz;K8S_POD_NAME=web-1",
+    "K8S_POD_NAMESPACE=fuzz;K8S_POD_NAME=../fuzz/web-1", "K8S_POD_NAMESPACE=..;K8S_POD_NAME=x",
+    "K8S_POD_NAMESPACE=fuzz;K8S_POD_NAME=" + "w" * 254, "K8S_POD_NAMESPACE=fuzz;K8S_POD_NAME=web-1/../../x"]
+PLUGIN_ARGS = {"netpolicy": POD_ARGS}
+# the policy controller's objects: pods of namespace fuzz isolated, named ports and labels matter
+POLICIES = [
+    {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+     "metadata": {"name": "isolate", "namespace": "fuzz"},
+     "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [
+         {"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": "http"}]}],
+         "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": "db"}]}]}},
+    {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web", "namespace": "default"},
+     "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [
+         {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "fuzz"}}}]}]}},
+]
+
+
+def write_label_files(directory) -> None:
+    for name, content in LABEL_FILES.items():
+        path = directory / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content is None:
+            path.mkdir()
+        else:
+            path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+
 
 # --- one input ------------------------------------------------------------------------------
 # CNI_NETNS forms (materialized per site): the pod, and everything a runtime or an attacker may pass
@@ -260,6 +373,7 @@ class Input:
     gone: str = ""                      # one of GONE_FORMS
     check: bool = False
     again: bool = False                 # the runtime sends ADD again (the unedited config) before DEL
+    node_state: tuple = ("agent",)      # (one of NODE_STATE_FORMS, edits | raw mutation | junk)
 
 
 # whole-document mutations, and whether a decoder must refuse the result (code 6)
@@ -308,6 +422,19 @@ def _prev_edit(draw):
     return path, draw(st.one_of(st.sampled_from(PREV_FIELDS[path]), HOSTILE_STRINGS, JUNK, st.just(DELETE)))
 
 
+@st.composite
+def _node_state_edit(draw):
+    path = draw(st.sampled_from(sorted(NODE_STATE_FIELDS, key=repr)))
+    return path, draw(st.one_of(st.sampled_from(NODE_STATE_FIELDS[path]), HOSTILE_STRINGS, JUNK, st.just(DELETE)))
+
+
+_EDITED_NODE_STATE = st.tuples(st.just("edited"), st.lists(_node_state_edit(), min_size=1, max_size=3).map(tuple))
+_NODE_STATES = st.one_of(st.sampled_from([(form,) for form in NODE_STATE_FORMS[1:4]]),
+                         _EDITED_NODE_STATE, _EDITED_NODE_STATE,   # the one with most to find: twice as often
+                         st.tuples(st.just("raw"), st.sampled_from(sorted(set(RAW_DOCUMENT) - {""}))),
+                         st.tuples(st.just("value"), JUNK))
+
+
 def plugin_input(plugin: str):
     """One input for ``plugin``: mostly what a runtime sends, each part
     broken now and then, so that some ADDs succeed and some fail deep down."""
@@ -316,6 +443,7 @@ def plugin_input(plugin: str):
                                                                                  max_size=3).map(tuple)),
                       st.just(("none",)), st.tuples(st.just("value"), JUNK))
             if chained else _often(("none",), st.tuples(st.just("value"), JUNK), 90))
+    args = st.one_of(_ARGS, st.sampled_from(PLUGIN_ARGS[plugin])) if plugin in PLUGIN_ARGS else _ARGS
     return st.builds(
         Input,
         plugin=st.just(plugin),
@@ -323,7 +451,7 @@ def plugin_input(plugin: str):
         container_id=_often(CONTAINER_ID, _IDS, 85),
         ifname=_often(IFNAME, _IFNAMES, 88),
         netns=_often("pod", st.sampled_from(NETNS_FORMS), 85),
-        args=_often(BASE_ARGS.get(plugin, ""), _ARGS, 85),
+        args=_often(BASE_ARGS.get(plugin, ""), args, 85),
         path=_often("bin", st.sampled_from(PATH_FORMS), 92),
         version=st.sampled_from(cni_version.SUPPORTED[::-1]),
         edits=st.lists(_edit(FIELDS[plugin]), max_size=4).map(tuple),
@@ -333,15 +461,25 @@ def plugin_input(plugin: str):
         gone=_often("", st.sampled_from(GONE_FORMS[1:]), 85),
         check=_often(False, st.just(True), 85),
         again=_often(False, st.just(True), 88),
+        node_state=_often(("agent",), _NODE_STATES, 70) if plugin == "overlay" else st.just(("agent",)),
     )
 
 
 # --- materializing on a site --------------------------------------------------------------------
+ABSENT_POLICY_SOCKET = "pycni-policy-absent"   # no controller serves it on any site
+
+
+def labels_dir(site):
+    return site.root / "labels"
+
+
 def placeholders(site) -> dict[str, str]:
     net = site.subnet.rsplit(".", 1)[0]
     return {"@NET@": NETWORK, "@BRIDGE2@": site.bridge + "2", "@BRIDGE@": site.bridge, "@DATA@": str(site.data),
             "@FILE@": str(site.not_netns_file), "@DIR@": str(site.not_netns_dir), "@SUBNET2@": "10.251.0.0/24",
-            "@SUBNET@": site.subnet, "@ADDR@": f"{net}.77", "@GW@": f"{net}.1"}
+            "@SUBNET@": site.subnet, "@ADDR@": f"{net}.77", "@GW@": f"{net}.1", "@STATE@": site.node_state_path,
+            "@CIDR@": site.agent_node_state().cluster_cidr, "@LABELS@": str(labels_dir(site)),
+            "@NOPOLICY@": ABSENT_POLICY_SOCKET}
 
 
 def _substitute(value, names: dict, prev):
@@ -413,6 +551,84 @@ def config_document(inp: Input, site, real_prev: dict | None) -> dict:
     elif "prevResult" in doc or inp.plugin not in CHAINED:
         doc["prevResult"] = "@PREV@"
     return _substitute(doc, placeholders(site), _substitute(prev, placeholders(site), None))
+
+
+def _one_of(value, values) -> bool:
+    """``value`` is among ``values`` as JSON tells them apart (1, 1.0 and true are three)."""
+    def text(v):
+        return json.dumps(v, sort_keys=True, default=repr)   # a Raw is none of them
+
+    return text(value) in {text(v) for v in values}
+
+
+def _unusable_node_state(inp: Input) -> str:
+    form, *detail = inp.node_state
+    if form in ("missing", "left", "empty", "value") or form == "raw" and RAW_DOCUMENT[detail[0]]:
+        return form
+    last = dict(detail[0]) if form == "edited" else {}   # the last edit of each field wins
+    return next((f"{path[0]} {value!r}" for path, value in last.items()
+                 if _one_of(value, NODE_STATE_UNUSABLE[path])), "")
+
+
+# labels and named container ports the policy controller must refuse (Kubernetes' rules)
+BAD_LABEL_KEYS = ("", "a/b/c", "k" * 64)
+BAD_LABEL_VALUES = ("v" * 64, "x" * 64, "no spaces", "-web", 5, True, None, "\u00e9", {"nested": 1}, ["web"])
+PORT_NAME_ALLOWED = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _bad_named_port(port) -> bool:
+    if not isinstance(port, dict):
+        return True
+    port = fold_keys(port, ("name", "containerPort", "protocol"))
+    name, number = port.get("name"), port.get("containerPort")
+    if not name:
+        return False   # the plugin passes on named ports only
+    return (not isinstance(name, str) or len(name) > 15 or not set(name) <= PORT_NAME_ALLOWED or "--" in name
+            or name[0] == "-" or name[-1] == "-" or not set(name) & set("abcdefghijklmnopqrstuvwxyz")
+            or type(number) is not int or not 1 <= number <= 65535
+            or (port.get("protocol") or "TCP") not in ("TCP", "UDP", "SCTP"))
+
+
+def _refused_endpoint(doc: dict) -> str:
+    runtime = doc.get("runtimeConfig")
+    runtime = fold_keys(runtime, ("labels", "podPorts")) if isinstance(runtime, dict) else {}
+    labels, ports = runtime.get("labels"), runtime.get("podPorts")
+    if labels is not None and not isinstance(labels, dict) or ports is not None and not isinstance(ports, list):
+        return "labels or podPorts of the wrong type"
+    bad = [k for k, v in (labels or {}).items() if k in BAD_LABEL_KEYS or _one_of(v, BAD_LABEL_VALUES)]
+    bad += [p for p in ports or () if _bad_named_port(p)]
+    return f"the controller must refuse {bad[0]!r}" if bad else ""
+
+
+def doomed(inp: Input, doc: dict, site) -> str:
+    """Why an ADD of config ``doc`` must fail whatever else the input holds
+    ("" if it may succeed): a netpolicy plugin with no controller to ask or
+    with labels or ports the controller refuses, an overlay plugin whose
+    node state is gone or cannot be used."""
+    if inp.plugin == "netpolicy":
+        if doc.get("socket") == ABSENT_POLICY_SOCKET:
+            return "no policy controller serves its socket"
+        return _refused_endpoint(doc)
+    reads_site_state = doc.get("stateFile") in (None, "", site.node_state_path) and doc.get("cluster", "default") \
+        == "default"
+    unusable = _unusable_node_state(inp) if inp.plugin == "overlay" and reads_site_state else ""
+    return f"the node state is unusable ({unusable})" if unusable else ""
+
+
+def node_state_files(inp: Input, site) -> tuple[bytes | None, bytes | None]:
+    """What the input puts at the node state file's path and at the path of
+    the file a clean leave renames it to (None: nothing)."""
+    kind, *detail = inp.node_state
+    agent = site.agent_node_state().to_json()
+    if kind in ("missing", "left"):
+        return None, (serialize(agent, "")[0] if kind == "left" else None)
+    if kind == "empty":
+        return b"", None
+    if kind == "value":
+        return serialize(_substitute(detail[0], placeholders(site), None), "")[0], None
+    for path, value in detail[0] if kind == "edited" else ():
+        apply_edit(agent, path, value)
+    return serialize(_substitute(agent, placeholders(site), None), detail[0] if kind == "raw" else "")[0], None
 
 
 def serialize(doc, raw: str) -> tuple[bytes, bool]:

@@ -9,10 +9,21 @@ optionally a `pycni agent` serving that node.  The calling thread enters
 the node namespace around each exec (setns is per thread and a child
 inherits its thread's namespaces), so a plugin runs there with no wrapper.
 
+The node's agent may carry its duties as on a real node: the overlay's
+node state file (written once, as the overlay duty writes it after taking
+its lease: the `overlay` plugin reads it) and network policy (the agent's
+policy duty enforces ``policy_dir``'s objects and serves the `netpolicy`
+plugin on @pycni-policy of the node, keeping its registrations in the
+plugins' state dir).
+
 ``observe()`` snapshots everything a plugin may leave behind, in-process
 (pyroute2, libnftables, /proc/sys, the dirs), so "nothing left behind" is
 one comparison with the snapshot taken before, cheap enough for every input.
+The policy controller's registrations are files under the state dir and
+its pods nft elements, so a leaked endpoint shows in the same comparison,
+as do the overlay's masquerade exemptions.
 """
+import ipaddress
 import json
 import os
 import shutil
@@ -22,7 +33,9 @@ import nftables
 from pyroute2 import IPRoute
 
 from agent_env import RunningAgent
+from cni_plugins import overlay
 from cni_plugins.core import execute
+from cni_plugins.core.records import write_atomic
 from cni_plugins.dnsname.control import stop_resolvers
 from cni_plugins.kernel import netns
 from conftest import plugin_env, run, unique
@@ -45,8 +58,10 @@ def _kept(name: str) -> bool:
 
 
 class Site:
-    def __init__(self, root, bin_dir: str, subnet: str, with_agent: bool = True):
+    def __init__(self, root, bin_dir: str, subnet: str, with_agent: bool = True, overlay_node: bool = False,
+                 policy_dir=None):
         self.root, self.bin_dir, self.subnet = root, bin_dir, subnet
+        self.overlay_node, self.policy_dir = overlay_node, policy_dir
         self.state, self.run_dir, self.data, self.cwd = (root / "state", root / "run", root / "ipam", root / "cwd")
         self.not_netns_file, self.not_netns_dir = root / "netns-file", root / "netns-dir"
         self.bridge = unique("pfzb")
@@ -67,10 +82,19 @@ class Site:
             self._nft = nftables.Nftables()
             self._nft.set_json_output(True)
         self._open_pod()
-        if self.with_agent:
-            self.agent = RunningAgent(unique("pycni-fuzz-"), self.root / "agent.log",
-                                      prefix=("nsenter", f"--net=/run/netns/{self.node}"))
-        self.pristine = self.observe()
+        try:
+            if self.overlay_node:
+                self.restore_node_state()
+            if self.with_agent:
+                duties = ("--policy-dir", str(self.policy_dir), "--state-dir", str(self.state)) if self.policy_dir \
+                    else ()
+                self.agent = RunningAgent(unique("pycni-fuzz-"), self.root / "agent.log",
+                                          prefix=("nsenter", f"--net=/run/netns/{self.node}"), args=duties,
+                                          cwd=self.cwd)   # the plugins': what a relative path leaves is observed
+            self.pristine = self.observe()
+        except BaseException:  # the namespaces go with a site that never was
+            self.close()
+            raise
 
     def _open_pod(self) -> None:
         self.pod = _make_netns("pfzp")
@@ -106,6 +130,39 @@ class Site:
         for d in (self.state, self.run_dir, self.data, self.cwd):
             shutil.rmtree(d, ignore_errors=True)
         self._build()
+
+    # --- the overlay's node state ---------------------------------------------------------
+    @property
+    def node_state_path(self) -> str:
+        return overlay.state_path(str(self.run_dir), "default")
+
+    def agent_node_state(self) -> overlay.NodeState:
+        """The node state the overlay duty has for this node's lease: the
+        site's subnet in a /16 cluster CIDR, dual-stack."""
+        subnet = ipaddress.ip_network(self.subnet)
+        second, third = subnet.network_address.packed[1:3]
+        subnet6 = f"fd00:{second}:0:{third}::/64"
+        return overlay.NodeState(cluster="default", node=self.node, cluster_cidr=str(subnet.supernet(new_prefix=16)),
+                                 cluster_cidr6=f"fd00:{second}::/48",
+                                 subnet=str(subnet), subnet6=subnet6, mtu=1450,
+                                 vtep={"device": "pycni.1", "mac": "02:00:0a:f0:07:00",
+                                       "address": str(subnet.network_address), "address6": subnet6.split("/")[0]},
+                                 underlay={"interface": "eth0", "address": "192.0.2.10"})
+
+    def restore_node_state(self) -> None:
+        """The node state file as the overlay duty writes it, and no other."""
+        self.put_node_state(None, None)
+        overlay.write_state(self.node_state_path, self.agent_node_state())
+
+    def put_node_state(self, content: bytes | None, left: bytes | None) -> None:
+        """The node state file holds ``content`` and the one of a clean
+        leave ``left`` (None: no such file)."""
+        for path, data in ((self.node_state_path, content), (self.node_state_path + overlay.LEFT_SUFFIX, left)):
+            if data is None:
+                if os.path.exists(path):
+                    os.unlink(path)
+            else:
+                write_atomic(path, data)
 
     # --- running plugins ----------------------------------------------------------------
     @property

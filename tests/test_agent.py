@@ -187,3 +187,20 @@ def test_plugins_work_alone_once_the_agent_is_gone(bin_dir, agent, net, netns):
     rc, res = add(bin_dir, net, netns)
     assert rc == 0, res
     assert delete(bin_dir, net, netns) == (0, None)
+
+
+def test_a_caller_with_relative_paths_elsewhere_than_the_agent_works_alone(bin_dir, agent, net, netns, tmp_path):
+    """A relative dataDir means the caller's working directory: the agent,
+    started elsewhere, would reserve the address in its own."""
+    caller_dir = tmp_path / "caller"
+    caller_dir.mkdir()
+    relative = {**net, "ipam": {**net["ipam"], "dataDir": "ipam-rel"}}
+    in_caller_dir = ("sh", "-c", f'cd "{caller_dir}" && exec "$0"')
+    rc, res = add(bin_dir, relative, netns, prefix=in_caller_dir)
+    assert rc == 0, res
+    assert agent.served() == 0 and "refused a caller" in agent.log()
+    assert os.listdir(caller_dir / "ipam-rel" / net["name"]) != []
+    assert not os.path.exists("ipam-rel")
+    assert delete(bin_dir, relative, netns, prefix=in_caller_dir) == (0, None)
+    assert agent.served() == 0
+    assert [f for f in os.listdir(caller_dir / "ipam-rel" / net["name"]) if f[0].isdigit()] == []

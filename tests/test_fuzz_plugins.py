@@ -14,10 +14,16 @@ container's netns is gone), and for each of these:
 * a failed ADD leaves nothing, and after the DEL nothing is left either:
   links, qdiscs, nft elements, container sysctls and link attributes,
   records, address files, temporary files (one snapshot comparison);
-* the DEL after a successful ADD succeeds.
+* the DEL after a successful ADD succeeds;
+* an ADD that cannot succeed does not: the overlay plugin's with no
+  usable node state, netpolicy's with no policy controller to ask.
 
 Chained plugins get the prevResult of a real bridge attachment on their
-node (sometimes edited, replaced or missing).  Deterministic: a fixed seed
+node (sometimes edited, replaced or missing).  Each node's agent runs the
+network-policy duty (the netpolicy plugin's controller, its registrations
+and nft elements in the snapshot) and the node holds the overlay's node
+state file as the overlay duty writes it; an overlay input may replace it
+for its run (none, a clean leave's, damaged, edited).  Deterministic: a fixed seed
 (PYCNI_FUZZ_SEED, printed); PYCNI_FUZZ_SCALE multiplies the number of
 examples (`tools/fuzz` runs the long version).
 """
@@ -39,24 +45,32 @@ SEED = int(os.environ.get("PYCNI_FUZZ_SEED", "1123"))
 SCALE = float(os.environ.get("PYCNI_FUZZ_SCALE", "1"))
 WORKERS = int(os.environ.get("PYCNI_FUZZ_WORKERS", "4"))
 PER_WORKER = 2   # inputs per worker per example
-# examples per plugin: WORKERS * PER_WORKER inputs each; 2,016 inputs in all by default
+# examples per plugin: WORKERS * PER_WORKER inputs each; 2,464 inputs in all by default
 EXAMPLES = {"bridge": 40, "host-local": 32, "loopback": 24, "portmap": 32, "firewall": 28, "tuning": 32,
-            "bandwidth": 32, "dnsname": 32}
+            "bandwidth": 32, "dnsname": 32, "overlay": 28, "netpolicy": 28}
 TOTALS = {"inputs": 0, "execs": 0, "seconds": 0.0}
+ADDED = {}   # plugin -> inputs whose ADD succeeded: how deep the inputs reach
 
 
 @pytest.fixture(scope="module")
 def sites(bin_dir, tmp_path_factory, pytestconfig):
+    """One node per worker, its agent enforcing fi.POLICIES, the overlay's
+    node state written, the pods' label files in place."""
+    policies = tmp_path_factory.mktemp("fuzz-policies") / "policies.json"
+    policies.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": fi.POLICIES}))
     made = []
     try:
         for i in range(WORKERS):
-            made.append(Site(tmp_path_factory.mktemp(f"fuzz{i}"), bin_dir, f"10.{240 + i}.7.0/24"))
+            made.append(Site(tmp_path_factory.mktemp(f"fuzz{i}"), bin_dir, f"10.{240 + i}.7.0/24", overlay_node=True,
+                             policy_dir=policies))
+            fi.write_label_files(fi.labels_dir(made[-1]))
         yield made
     finally:
         for site in made:
             site.close()
         report_line(pytestconfig, f"\nfuzz: seed {SEED}, scale {SCALE}: {TOTALS['inputs']} plugin inputs, "
-                                  f"{TOTALS['execs']} plugin runs in {TOTALS['seconds']:.1f} s")
+                                  f"{TOTALS['execs']} plugin runs in {TOTALS['seconds']:.1f} s; ADD succeeded for "
+                                  + ", ".join(f"{plugin} {n}" for plugin, n in sorted(ADDED.items())))
 
 
 def problems_of(out, command, version, undecodable: bool = False, label: str = "") -> list[str]:
@@ -77,7 +91,7 @@ class Worker:
         self.site = site
         self.attachment = None
         self.log_seen = 0
-        self.execs = 0
+        self.execs = self.added = 0
 
     def exec(self, plugin, env, stdin):
         self.execs += 1
@@ -101,24 +115,40 @@ class Worker:
             self.attachment = None
 
     def run(self, inp: fi.Input) -> list[str]:
+        if inp.node_state == ("agent",):
+            return self.run_on_node(inp)
+        self.site.put_node_state(*fi.node_state_files(inp, self.site))
+        try:
+            return self.run_on_node(inp)
+        finally:
+            self.site.restore_node_state()
+
+    def run_on_node(self, inp: fi.Input) -> list[str]:
         site = self.site
         chained = inp.plugin in fi.CHAINED
         real_prev = self.attach() if chained else None
         before = site.observe()
-        stdin, undecodable = fi.serialize(fi.config_document(inp, site, real_prev), inp.raw)
+        doc = fi.config_document(inp, site, real_prev)
+        stdin, undecodable = fi.serialize(doc, inp.raw)
         env = fi.environment(inp, site)
         command = env.get("CNI_COMMAND")
         version = fi.effective_version(stdin)
         out = self.exec(inp.plugin, env, stdin)
         problems = problems_of(out, command, version, undecodable)
         added = command == "ADD" and out.rc == 0
+        doomed = fi.doomed(inp, doc, site)
+        if added and doomed:
+            problems.append(f"ADD succeeded although {doomed}: {out.stdout!r}")
         if command == "ADD" and not added:
             problems += [f"left by the failed ADD: {d}" for d in diff(before, site.observe())]
         if command == "ADD" and inp.again:  # a runtime retrying, with the config as it is now
-            stdin, undecodable = fi.serialize(fi.config_document(replace(inp, edits=()), site, real_prev), "")
+            doc = fi.config_document(replace(inp, edits=()), site, real_prev)
+            stdin, undecodable = fi.serialize(doc, "")
             version = fi.effective_version(stdin)
             again = self.exec(inp.plugin, env, stdin)
             problems += problems_of(again, "ADD", version, label="ADD again")
+            if again.rc == 0 and fi.doomed(inp, doc, site):
+                problems.append(f"ADD again succeeded although {fi.doomed(inp, doc, site)}")
             added, out = (True, again) if again.rc == 0 else (added, out)
         del_stdin = stdin
         if added and version in ("0.4.0", "1.0.0", "1.1.0"):
@@ -132,6 +162,7 @@ class Worker:
             netns_path = gone if inp.gone == "missing" else ""
         out = self.exec(inp.plugin, fi.environment(inp, site, command="DEL", netns=netns_path), del_stdin)
         problems += problems_of(out, "DEL", version, undecodable)
+        self.added += added
         if added and out.rc != 0:
             problems.append(f"DEL after a successful ADD failed: {out.stdout!r}")
         if inp.gone and chained:  # the rest of the chain's DEL: the attachment went with the netns
@@ -198,6 +229,7 @@ def test_fuzz_plugin(plugin, sites):
             assert worker.site.observe() == worker.site.pristine
     finally:
         TOTALS["execs"] += sum(w.execs for w in workers)
+        ADDED[plugin] = sum(w.added for w in workers)
         for worker in workers:
             if worker.attachment is not None:
                 worker.reset()

@@ -6,7 +6,9 @@ import subprocess
 
 import pytest
 
-from conftest import add, data_files, delete, exec_plugin, host_veths, in_ruleset, run
+from conftest import add, data_files, delete, exec_plugin, host_veths, in_ruleset, run, unique
+from test_overlay_plugin import STATE as OVERLAY_STATE, conf as overlay_conf, plugin as overlay_plugin
+from test_overlay_plugin import host  # noqa: F401 - the fixture
 
 
 def nothing_left(conf, state_dirs):
@@ -224,3 +226,51 @@ def test_a_del_retried_with_the_cached_result_spares_the_address_s_next_owner(bi
                     container_id="cb")
         assert delete(bin_dir, {**net, "prevResult": res_b}, b, cid="cb") == (0, None)
     assert nothing_left(net, state_dirs)
+
+
+# --- found once the suite covered overlay and netpolicy ----------------------------------
+@pytest.mark.parametrize("plugin", ["loopback", "portmap", "firewall", "tuning"])
+def test_a_null_optional_field_of_prev_result_is_absent_not_printed_back(bin_dir, net, netns, state_dirs, plugin):
+    """A prevResult IP with "gateway": null (Go decodes it as no gateway)
+    passed the shape check and came back in the chained plugin's result as
+    null: the runtime got a result whose gateway is no IP address (found
+    through netpolicy, which returns its prevResult too)."""
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": f"/run/netns/{netns}", "mtu": None}],
+            "ips": [{"address": "10.240.0.5/24", "gateway": None, "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": None}]}
+    conf = {"cniVersion": "1.0.0", "name": net["name"], "type": plugin, "prevResult": prev}
+    try:
+        rc, out = exec_plugin(bin_dir, plugin, "ADD", conf, netns=f"/run/netns/{netns}")
+        assert rc == 0, out
+        assert out["ips"] == [{"address": "10.240.0.5/24", "interface": 0}], out
+        assert out["interfaces"] == [{"name": "eth0", "sandbox": f"/run/netns/{netns}"}] and out["routes"] == [
+            {"dst": "0.0.0.0/0"}], out
+    finally:
+        assert exec_plugin(bin_dir, plugin, "DEL", conf, netns=f"/run/netns/{netns}") == (0, None)
+
+
+def test_a_document_that_is_no_object_is_a_decode_failure_whatever_it_holds(bin_dir, net, netns, state_dirs):
+    """A JSON array holding a string with NUL was code 7 ("holds NUL"): the
+    NUL check came before the check that the document is an object at all."""
+    raw = "[" + json.dumps({**net, "vlan": "@"}).replace('"@"', '"a\\u0000b"') + "]"
+    rc, out = exec_plugin(bin_dir, "bridge", "ADD", raw, netns=f"/run/netns/{netns}")
+    assert rc == 1 and out["code"] == 6 and "must be a JSON object" in out["msg"], out
+    assert nothing_left(net, state_dirs)
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_a_node_state_format_version_is_the_integer_1_not_what_python_finds_equal(bin_dir, host, make_netns,
+                                                                                  tmp_path, version):
+    """The overlay plugin compared the node state's "version" with 1 by
+    Python's equality: true and 1.0 passed as format version 1 (Go's
+    decoder refuses both for an integer)."""
+    host_ns, state_file = host
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text(json.dumps({**OVERLAY_STATE, "version": version}))
+    pod = make_netns("ovpp")
+    config = overlay_conf(tmp_path, bridge=unique("ovb"))
+    try:
+        rc, out = overlay_plugin(bin_dir, host_ns, "ADD", config, pod)
+        assert rc == 1 and out["code"] == 6 and "format version" in out["msg"], out
+    finally:
+        assert overlay_plugin(bin_dir, host_ns, "DEL", config, pod) == (0, None)

@@ -4,6 +4,7 @@ is missing or unusable, and an attachment made from a node state file in a
 host namespace (no agent: the lab tests run it with one)."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -147,4 +148,22 @@ def test_attachment_from_node_state_masquerades_only_outside_the_cluster(bin_dir
     assert plugin(bin_dir, host_ns, "DEL", config, pod) == (0, None)
     assert run("ip", "-n", pod, "link", "show", "eth0", check=False).returncode != 0
     assert "pycni_bridge" not in run("ip", "netns", "exec", host_ns, "nft", "list", "tables").stdout
+    assert data_files(config) == []
+
+
+def test_del_from_prev_result_alone_removes_the_cluster_wide_masquerade_exemption(bin_dir, host, make_netns,
+                                                                                  tmp_path, state_dirs):
+    """A lost state dir: DEL has only the runtime's prevResult, and the
+    exemption the ADD made is the cluster CIDR's, not the pod subnet's."""
+    host_ns, state_file = host
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text(json.dumps(STATE))
+    pod = make_netns("ovpp")
+    config = conf(tmp_path, bridge=unique("ovb"))
+    rc, result = plugin(bin_dir, host_ns, "ADD", config, pod)
+    assert rc == 0, result
+    shutil.rmtree(state_dirs["state"])
+    assert plugin(bin_dir, host_ns, "DEL", {**config, "prevResult": result}, pod) == (0, None)
+    tables = run("ip", "netns", "exec", host_ns, "nft", "list", "ruleset").stdout
+    assert "10.243.7.2" not in tables and "fd00:243:0:7::2" not in tables, tables
     assert data_files(config) == []

@@ -139,10 +139,10 @@ def parse_config(raw: bytes) -> dict:
         raise CNIError(DECODE_FAILURE, "cannot decode network config: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise CNIError(DECODE_FAILURE, f"cannot decode network config: {e}") from None
+    if not isinstance(config, dict):  # first: whatever it holds, it is no config (Go cannot decode it)
+        raise CNIError(DECODE_FAILURE, "network config must be a JSON object")
     if nul:
         raise CNIError(INVALID_CONFIG, f"network config: {nul} holds NUL")
-    if not isinstance(config, dict):
-        raise CNIError(DECODE_FAILURE, "network config must be a JSON object")
     return config
 
 

@@ -122,11 +122,24 @@ def dns_problem(dns: dict) -> None:
         raise ValueError("dns.domain must be a string")
 
 
+def _without_nulls(result: dict) -> dict:
+    """``result`` with the null fields of its interfaces, IPs and routes
+    left out: every such field is optional, and Go decodes null into one as
+    its absence (a result printed back must not hold a null gateway)."""
+    out = dict(result)
+    for key in ("interfaces", "ips", "routes"):
+        if isinstance(out.get(key), list):
+            out[key] = [{k: v for k, v in item.items() if v is not None} if isinstance(item, dict) else item
+                        for item in out[key]]
+    return out
+
+
 def result_to_internal(result: dict, where: str = "prevResult") -> dict:
     """Normalise a (prev)Result of any supported version to the 1.x shape;
     a result of the wrong shape is code 7 naming the field."""
     if not isinstance(result, dict):
         raise CNIError(DECODE_FAILURE, f"{where} is not a JSON object")
+    result = _without_nulls(result)
     problem = _shape_problem(result)
     if problem:
         raise CNIError(INVALID_CONFIG, f"{where}: {problem}")

@@ -123,8 +123,8 @@ class FileWatch(LeaseWatch):
     def __init__(self, store: FileStore):
         self.store = store
         # Watch before the first scan: nothing changed in between is missed.
-        # A new lease file is linked in whole (write_atomic names an O_TMPFILE:
-        # IN_CREATE), a changed one renamed over the old (IN_MOVED_TO).
+        # write_atomic links a new file complete under its name (IN_CREATE)
+        # and renames a complete replacement over an old one (IN_MOVED_TO).
         self.inotify = Inotify(store.leases_dir, IN_CREATE | IN_MOVED_TO | IN_DELETE)
         self.stop_r, self.stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._lock = threading.Lock()

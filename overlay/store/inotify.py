@@ -1,7 +1,7 @@
 """Linux inotify through ctypes: the file store's change notification.
 
 Chosen over polling with stat(): a watcher wakes within microseconds of
-another agent's rename or unlink and costs nothing while nothing changes,
+another agent's link, rename or unlink and costs nothing while nothing changes,
 so fifty agents watching one directory neither burn CPU nor wait out a
 poll interval.  Network namespaces share the filesystem, so it serves lab
 hosts too.
