@@ -5,11 +5,15 @@ joins 20 or 50 running ones, with each agent's resident memory.
 Everything runs in namespaces made for the run (the tests' lab hosts,
 tests/overlay_env.py): hosts are namespaces with eth0 on a switch (a bridge
 in a namespace of its own), each runs `python -m overlay` as its own
-process, pods are namespaces behind bridge cni0 on their host, addressed
-from the host's subnet with the MTU of its state file (what the overlay CNI
-plugin does).  Teardown kills the agents (their state lives only in the
-namespaces and the temporary directory) and deletes every namespace, also
-on failure and on Ctrl-C or SIGTERM.
+process.  For throughput, each pod is attached by the overlay CNI plugin
+executed in its host's namespace, as a runtime attaches one: bridge cni0,
+host-local, and the plugin's masquerade table, so every path through a host
+(the anchors' too) passes conntrack as it does on a node with pods.  For
+convergence, where only reachability is timed, a pod is made by hand with
+the same objects (veth into cni0, an address of the host's subnet, the MTU
+of its state file).  Teardown kills the agents (their state lives only in
+the namespaces and the temporary directory) and deletes every namespace,
+also on failure and on Ctrl-C or SIGTERM.
 
 Throughput (iperf3, one TCP stream, same options for every path, client and
 server on one core at nice -20, variants rotated between rounds):
@@ -133,14 +137,18 @@ class BenchLab(Lab):
         self.switch.destroy()
 
 
-def start_hosts(lab: BenchLab, numbers) -> list[Host]:
-    """Hosts started together, each with a pod once its agent is ready."""
+def start_hosts(lab: BenchLab, numbers, bin_dir=None) -> list[Host]:
+    """Hosts started together, each with a pod once its agent is ready:
+    attached by the overlay CNI plugin in ``bin_dir``, else made by hand."""
     hosts = [lab.add_host(n) for n in numbers]
     for host in hosts:
         host.start(wait=False)
     for host in hosts:
         host.wait_ready()
-        host.add_pod()
+        if bin_dir:
+            host.attach_pod(bin_dir)
+        else:
+            host.add_pod()
     return hosts
 
 
@@ -188,8 +196,12 @@ class Throughput:
         return lab
 
     def setup(self):
-        a, b = start_hosts(self._lab("vxlan", "10.247.1", "10.245.0.0/16"), (1, 2))
-        c, d = start_hosts(self._lab("direct", "10.247.2", "10.246.0.0/16", directRouting=True), (1, 2))
+        from pycni.install import install
+
+        bin_dir = str(self.work / "bin")
+        install(bin_dir)
+        a, b = start_hosts(self._lab("vxlan", "10.247.1", "10.245.0.0/16"), (1, 2), bin_dir)
+        c, d = start_hosts(self._lab("direct", "10.247.2", "10.246.0.0/16", directRouting=True), (1, 2), bin_dir)
         mtu = a.state()["mtu"]
         bare = {}
         for n, (host, peer) in enumerate(((a, b), (b, a)), 1):

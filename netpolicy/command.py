@@ -22,6 +22,9 @@ import os
 import socket
 import sys
 
+from cni_plugins.core.request import DEFAULT_STATE_DIR
+from cni_plugins.netpolicy import DEFAULT_SOCKET
+
 DESCRIPTION = """\
 Kubernetes NetworkPolicy enforced with nftables on this node (see netpolicy/README.md).
 
@@ -46,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
                        help="YAML/JSON file or directory of NetworkPolicy, Namespace and Pod objects")
-        p.add_argument("--state-dir", default=os.environ.get("PYCNI_STATE_DIR") or "/var/lib/pycni",
-                       help="where the CNI plugin's registrations are (default $PYCNI_STATE_DIR or /var/lib/pycni)")
+        p.add_argument("--state-dir", default=os.environ.get("PYCNI_STATE_DIR") or DEFAULT_STATE_DIR,
+                       help=f"where the CNI plugin's registrations are (default $PYCNI_STATE_DIR or {DEFAULT_STATE_DIR})")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--store", metavar="file:PATH|etcd:URL[,URL...]",
                        help="the cluster store (the overlay's), holding objects and every node's pods")
@@ -58,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     apply.add_argument("--dry-run", action="store_true", help="print the transaction, change nothing")
     apply.add_argument("--force", action="store_true",
                        help="apply even though the node agent's controller enforces policy here")
-    apply.add_argument("--socket", default="pycni-policy", help="the controller's socket (to detect one)")
+    apply.add_argument("--socket", default=DEFAULT_SOCKET, help="the controller's socket (to detect one)")
     explain = sub.choices["explain"]
     explain.add_argument("source", metavar="SRC")
     explain.add_argument("destination", metavar="DST")

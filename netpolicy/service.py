@@ -36,6 +36,7 @@ import socket
 import struct
 import threading
 
+from cni_plugins import netpolicy as netpolicy_plugin
 from cni_plugins.core.agent_client import recv_frame, send_frame
 
 from .enforcer import PolicyController
@@ -43,7 +44,7 @@ from .nft import NftError
 from .parse import PolicyError, endpoint_record, parse_endpoint
 from .sources import Attachment, DirectorySource
 
-DEFAULT_SOCKET = "pycni-policy"
+DEFAULT_SOCKET = netpolicy_plugin.DEFAULT_SOCKET   # where the plugin calls by default
 SO_PEERCRED = 17
 _UCRED = struct.Struct("=iII")
 REQUEST_TIMEOUT = 10.0

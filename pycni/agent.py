@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cni_plugins import netpolicy
 from cni_plugins.core import agent_client, registry, skel
+from cni_plugins.core.request import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR
 
 log = logging.getLogger("pycni.agent")
 SO_PEERCRED = 17
@@ -57,7 +58,7 @@ def _existing(path: str) -> str:
 def request_paths(environ: dict, stdin: bytes) -> list[str]:
     """The files a request will touch, whose identity the caller and the
     agent must agree on (the netpolicy plugin reads pods' label files)."""
-    paths = ["/", environ.get("PYCNI_STATE_DIR") or "/var/lib/pycni", environ.get("PYCNI_RUN_DIR") or "/run/pycni"]
+    paths = ["/", environ.get("PYCNI_STATE_DIR") or DEFAULT_STATE_DIR, environ.get("PYCNI_RUN_DIR") or DEFAULT_RUN_DIR]
     if environ.get("CNI_NETNS"):
         paths.append(environ["CNI_NETNS"])
     paths += [p for p in environ.get("CNI_PATH", "").split(":") if p]

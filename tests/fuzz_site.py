@@ -77,7 +77,6 @@ class Site:
         self.not_netns_file.write_text("")
         self.node = _make_netns("pfzn")
         self._node_fd = os.open(f"/run/netns/{self.node}", os.O_RDONLY | os.O_CLOEXEC)
-        self._ipr_node = IPRoute(netns=self.node_path)  # by path: an IPRoute opens a socket per thread
         with netns.entered(self._node_fd):
             self._nft = nftables.Nftables()
             self._nft.set_json_output(True)
@@ -99,10 +98,8 @@ class Site:
     def _open_pod(self) -> None:
         self.pod = _make_netns("pfzp")
         self._pod_fd = os.open(self.pod_path, os.O_RDONLY | os.O_CLOEXEC)
-        self._ipr_pod = IPRoute(netns=self.pod_path)
 
     def _close_pod(self) -> None:
-        self._ipr_pod.close()
         os.close(self._pod_fd)
         run("ip", "netns", "delete", self.pod, check=False)
 
@@ -119,7 +116,6 @@ class Site:
             self.agent.stop()
         stop_resolvers(str(self.run_dir))
         self._close_pod()
-        self._ipr_node.close()
         os.close(self._node_fd)
         run("ip", "netns", "delete", self.node, check=False)
 
@@ -212,23 +208,26 @@ class Site:
     def observe(self, ifname: str = "eth0") -> dict:
         """Everything a plugin may leave behind on this node and in the pod
         (bridges and their addresses stay by design, as in the reference)."""
-        node = self._ipr_node.get_links()
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in node}
-        kinds = {link["index"]: _kind(link) for link in node}
-        with netns.entered(self._node_fd):
+        # Sockets opened inside the namespace by this thread: IPRoute(netns=...)
+        # forks a helper, which aborts now and then beside the other workers' setns.
+        with netns.entered(self._node_fd), IPRoute() as ipr:
+            node, qdiscs = list(ipr.get_links()), list(ipr.get_qdiscs())
             rc, ruleset, err = self._nft.json_cmd({"nftables": [{"list": {"ruleset": None}}]})
         assert rc == 0, err
-        with netns.entered(self._pod_fd):
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in node}
+        kinds = {link["index"]: _kind(link) for link in node}
+        with netns.entered(self._pod_fd), IPRoute() as ipr:
+            pod_links = list(ipr.get_links())
             sysctls = {key: _read_sysctl(key.replace("IFNAME", ifname)) for key in POD_SYSCTLS}
         return {
             "node links": sorted((names[i], kinds[i], names.get(link.get_attr("IFLA_MASTER")))
                                  for i, link in ((link["index"], link) for link in node)
                                  if kinds[i] != "bridge" and names[i] != "lo"),
             "node qdiscs": sorted((names.get(q["index"]), q.get_attr("TCA_KIND"), q["parent"])
-                                  for q in self._ipr_node.get_qdiscs()
+                                  for q in qdiscs
                                   if q.get_attr("TCA_KIND") not in _DEFAULT_QDISCS),
             "nft": _our_elements(ruleset),
-            "pod links": sorted(_link_state(link) for link in self._ipr_pod.get_links()),
+            "pod links": sorted(_link_state(link) for link in pod_links),
             "pod sysctls": sysctls,
             "files": self.files(),
         }

@@ -219,6 +219,29 @@ class Host:
                 ip(pod, family, "route", "add", "default", "via", str(gateway))
         return pod
 
+    def attach_pod(self, bin_dir) -> str:
+        """A pod namespace attached as a runtime attaches one: the overlay CNI
+        plugin executed in this host's namespace (bridge cni0, host-local
+        from the host's subnet, the plugin's masquerade table, so the
+        host's traffic passes conntrack), its records under this lab's tmp."""
+        from conftest import exec_plugin
+
+        pod = unique("ovpod")
+        run("ip", "netns", "add", pod)
+        self.lab.switch.namespaces.append(pod)
+        run("ip", "-n", pod, "link", "set", "lo", "up")
+        dirs = self.tmp / f"{self.name}cni"
+        config = {"cniVersion": "1.0.0", "name": "overlay", "type": "overlay", "stateFile": str(self.state_file),
+                  "ipam": {"dataDir": str(dirs / "ipam")}}
+        rc, result = exec_plugin(bin_dir, "overlay", "ADD", config, prefix=netns_exec(self.ns),
+                                 netns=f"/run/netns/{pod}", container_id=pod,
+                                 extra_env={"PYCNI_NO_AGENT": "1", "PYCNI_STATE_DIR": str(dirs / "state"),
+                                            "PYCNI_RUN_DIR": str(dirs / "run")})
+        if rc != 0:
+            raise RuntimeError(f"overlay ADD on {self.name}: {result}")
+        self.pod = pod
+        return pod
+
     def move(self, address: str):
         """Change this host's underlay address (it keeps running)."""
         run("ip", "-n", self.ns, "addr", "del", f"{self.address}/24", "dev", "eth0")

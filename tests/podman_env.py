@@ -39,6 +39,7 @@ Podman 4.3 here, learnt the hard way:
 """
 from __future__ import annotations
 
+import glob
 import io
 import ipaddress
 import json
@@ -56,6 +57,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cni_plugins.core.request import DEFAULT_STATE_DIR
 from conformance.runner import pick_subnet as conformance_pick_subnet
 
 IMAGE = "localhost/pycni-busybox:e2e"
@@ -446,18 +448,31 @@ class PodmanEnv:
         self._unmount_and_remove()
         return problems
 
-    def _network_leftovers(self, net: Network) -> list[str]:
+    @staticmethod
+    def _network_files_left(net: Network) -> list[str]:
+        """Remove the network's host-local dir and our plugins' record dirs
+        (podman runs the plugins with the default paths); name what they
+        still held beside host-local's lock and cursors."""
         problems = []
-        bridge = (net.plugin("bridge") or {}).get("bridge") if net.conflist else None
-        if bridge and bridge in links():
-            problems.append(f"{net.name}: bridge {bridge} still exists after `podman network rm`")
-            _run("ip", "link", "delete", bridge)
         if os.path.isdir(net.data_dir):
             files = [f for f in os.listdir(net.data_dir)
                      if f != "lock" and not f.startswith("last_reserved_ip")]
             if files:
                 problems.append(f"{net.name}: host-local files left in {net.data_dir}: {sorted(files)}")
             shutil.rmtree(net.data_dir, ignore_errors=True)
+        for records in glob.glob(os.path.join(DEFAULT_STATE_DIR, "*", glob.escape(net.name))):
+            if os.listdir(records):
+                problems.append(f"{net.name}: records left in {records}: {sorted(os.listdir(records))}")
+            shutil.rmtree(records, ignore_errors=True)
+        return problems
+
+    def _network_leftovers(self, net: Network) -> list[str]:
+        problems = []
+        bridge = (net.plugin("bridge") or {}).get("bridge") if net.conflist else None
+        if bridge and bridge in links():
+            problems.append(f"{net.name}: bridge {bridge} still exists after `podman network rm`")
+            _run("ip", "link", "delete", bridge)
+        problems += self._network_files_left(net)
         if os.path.isdir(CNI_CACHE_DIR):
             for f in os.listdir(CNI_CACHE_DIR):
                 if f.startswith(f"{net.name}-"):

@@ -30,6 +30,7 @@ examples (`tools/fuzz` runs the long version).
 import concurrent.futures
 import json
 import os
+import shutil
 import time
 from dataclasses import replace
 
@@ -39,7 +40,8 @@ from hypothesis import strategies as st
 
 import fuzz_inputs as fi
 from cni_output import output_problems
-from fuzz_site import Site, report_line
+from fuzz_site import NETWORK, Site, report_line
+from ipam.config import DEFAULT_DATA_DIR
 
 SEED = int(os.environ.get("PYCNI_FUZZ_SEED", "1123"))
 SCALE = float(os.environ.get("PYCNI_FUZZ_SCALE", "1"))
@@ -59,6 +61,8 @@ def sites(bin_dir, tmp_path_factory, pytestconfig):
     policies = tmp_path_factory.mktemp("fuzz-policies") / "policies.json"
     policies.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": fi.POLICIES}))
     made = []
+    default_data = os.path.join(DEFAULT_DATA_DIR, NETWORK)   # inputs without a dataDir reserve there
+    existed = os.path.exists(default_data)
     try:
         for i in range(WORKERS):
             made.append(Site(tmp_path_factory.mktemp(f"fuzz{i}"), bin_dir, f"10.{240 + i}.7.0/24", overlay_node=True,
@@ -68,9 +72,19 @@ def sites(bin_dir, tmp_path_factory, pytestconfig):
     finally:
         for site in made:
             site.close()
+        if not existed:
+            shutil.rmtree(default_data, ignore_errors=True)
         report_line(pytestconfig, f"\nfuzz: seed {SEED}, scale {SCALE}: {TOTALS['inputs']} plugin inputs, "
                                   f"{TOTALS['execs']} plugin runs in {TOTALS['seconds']:.1f} s; ADD succeeded for "
                                   + ", ".join(f"{plugin} {n}" for plugin, n in sorted(ADDED.items())))
+
+
+def _reservations(data_dir: str) -> list[str]:
+    """host-local's address files in ``data_dir`` (not its lock and cursors)."""
+    try:
+        return [f for f in os.listdir(data_dir) if f != "lock" and not f.startswith("last_reserved_ip")]
+    except FileNotFoundError:
+        return []
 
 
 def problems_of(out, command, version, undecodable: bool = False, label: str = "") -> list[str]:
@@ -234,3 +248,9 @@ def test_fuzz_plugin(plugin, sites):
             if worker.attachment is not None:
                 worker.reset()
     assert sum(ran) >= examples * WORKERS * PER_WORKER
+
+
+def test_nothing_reserved_in_the_default_data_dir(sites):
+    """Inputs without a dataDir share host-local's default one, outside any
+    site's snapshot: after every plugin's run it must hold no reservation."""
+    assert _reservations(os.path.join(DEFAULT_DATA_DIR, NETWORK)) == []   # last in the file: after them all

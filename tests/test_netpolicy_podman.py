@@ -68,6 +68,8 @@ class NodePodmanEnv(PodmanEnv):
             if c.sandbox and os.path.exists(c.sandbox):
                 problems.append(f"{c.name}: network namespace {c.sandbox} left")
                 subprocess.run(["ip", "netns", "delete", os.path.basename(c.sandbox)])
+        for net in self.networks:
+            problems += self._network_files_left(net)
         self._unmount_and_remove()
         return problems
 

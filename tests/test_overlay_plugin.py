@@ -128,7 +128,8 @@ def test_unusable_node_state_is_a_clear_error_and_del_needs_none(bin_dir, host, 
     assert plugin(bin_dir, host_ns, "DEL", config, pod) == (0, None)
 
 
-def test_attachment_from_node_state_masquerades_only_outside_the_cluster(bin_dir, host, make_netns, tmp_path):
+def attached(bin_dir, host, make_netns, tmp_path):
+    """A pod attached by the overlay plugin on a node whose agent wrote STATE."""
     host_ns, state_file = host
     state_file.parent.mkdir(parents=True)
     state_file.write_text(json.dumps(STATE))
@@ -136,6 +137,11 @@ def test_attachment_from_node_state_masquerades_only_outside_the_cluster(bin_dir
     config = conf(tmp_path, bridge=unique("ovb"))
     rc, result = plugin(bin_dir, host_ns, "ADD", config, pod)
     assert rc == 0, result
+    return host_ns, state_file, pod, config, result
+
+
+def test_attachment_from_node_state_masquerades_only_outside_the_cluster(bin_dir, host, make_netns, tmp_path):
+    host_ns, state_file, pod, config, result = attached(bin_dir, host, make_netns, tmp_path)
     assert [ip["address"] for ip in result["ips"]] == ["10.243.7.2/24", "fd00:243:0:7::2/64"]
     assert [ip["gateway"] for ip in result["ips"]] == ["10.243.7.1", "fd00:243:0:7::1"]
     assert "mtu 1450" in run("ip", "-n", pod, "link", "show", "eth0").stdout
@@ -155,13 +161,7 @@ def test_del_from_prev_result_alone_removes_the_cluster_wide_masquerade_exemptio
                                                                                   tmp_path, state_dirs):
     """A lost state dir: DEL has only the runtime's prevResult, and the
     exemption the ADD made is the cluster CIDR's, not the pod subnet's."""
-    host_ns, state_file = host
-    state_file.parent.mkdir(parents=True)
-    state_file.write_text(json.dumps(STATE))
-    pod = make_netns("ovpp")
-    config = conf(tmp_path, bridge=unique("ovb"))
-    rc, result = plugin(bin_dir, host_ns, "ADD", config, pod)
-    assert rc == 0, result
+    host_ns, _, pod, config, result = attached(bin_dir, host, make_netns, tmp_path)
     shutil.rmtree(state_dirs["state"])
     assert plugin(bin_dir, host_ns, "DEL", {**config, "prevResult": result}, pod) == (0, None)
     tables = run("ip", "netns", "exec", host_ns, "nft", "list", "ruleset").stdout
