@@ -13,7 +13,8 @@ would fail the test.
 
 kernel/nft.py falls back to libnftables, which declares the table, when
 the table is missing (and it has not yet recorded how to create it), a
-set is missing or a chain lost its rules; a table it creates again over
+set is missing, a chain lost its rules or holds another release's (as many,
+not marked with this declaration's digest); a table it creates again over
 netlink from its record is the one libnftables declared; and removing
 elements of a table that is not there changes nothing.
 """
@@ -150,11 +151,24 @@ def chain_rules(netns, family, table, chain) -> int:
     return sum("rule" in item for item in json.loads(out)["nftables"])
 
 
-@pytest.mark.parametrize("damage", ["no table", "chain flushed", "chain flushed and set deleted"])
+def first_rule_comment(netns, family, table, chain) -> str | None:
+    out = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "list", "chain", family, table, chain],
+                         check=True, capture_output=True, text=True).stdout
+    return next(item["rule"].get("comment") for item in json.loads(out)["nftables"] if "rule" in item)
+
+
+@pytest.mark.parametrize("damage", ["no table", "chain flushed", "chain flushed and set deleted",
+                                    "another release's rules, as many"])
 def test_a_table_not_as_declared_is_declared_again(inside, monkeypatch, damage):
     monkeypatch.setattr(nft, "_creations", {})   # nothing recorded: libnftables creates the table
     table, elements = bridge.MASQUERADE, bridge.masq_elements("10.250.4.2", "10.250.4.0/24")
-    if damage != "no table":
+    if damage.startswith("another"):
+        hook, rules = table.chains["postrouting"]
+        older = nft.Table(table.family, table.name, table.sets,
+                          {**table.chains, "postrouting": (hook, [rules[1], rules[0], *rules[2:]])})
+        nft.run(older.skeleton())
+        assert first_rule_comment(inside, "inet", table.name, "postrouting") == older.mark != table.mark
+    elif damage != "no table":
         declare_tables()
         subprocess.run(["ip", "netns", "exec", inside, "nft", "flush", "chain", "inet", table.name, "postrouting"],
                        check=True)
@@ -166,6 +180,7 @@ def test_a_table_not_as_declared_is_declared_again(inside, monkeypatch, damage):
     nft.add_elements(elements)
     assert len(declared) == 1
     assert chain_rules(inside, "inet", table.name, "postrouting") == len(table.chains["postrouting"][1])
+    assert first_rule_comment(inside, "inet", table.name, "postrouting") == table.mark
     assert {k: v for k, v in listing(inside).items() if k[1] == table.name and k[0] == "inet"} == \
         {k: v for k, v in expected(elements).items() if k[1] == table.name and k[0] == "inet"}
     nft.add_elements(elements)   # now as declared: a batch

@@ -1,7 +1,7 @@
 """nf_tables over netlink, without libnftables: set and map element
 changes as one atomic batch, and the few reads that decide whether such a
-batch can be used (a table's sets, its chains' rule counts, a set's
-elements).
+batch can be used (a table's sets, its chains' rules: how many and the
+first one's comment, a set's elements).
 
 Why: before any command, libnftables fetches a cache of every table in
 the network namespace (chains, sets, objects, interval sets' elements).
@@ -487,13 +487,16 @@ class NfTables:
                 out.append((kind, body))
         return out
 
-    def rule_counts(self, family: str, table: str) -> dict[str, int]:
-        """Chain name -> how many rules it holds ({} when the table is absent)."""
-        counts: dict[str, int] = {}
+    def chain_rules(self, family: str, table: str) -> dict[str, tuple[int, bytes]]:
+        """Chain name -> (how many rules it holds, its first rule's user data,
+        where a rule's comment is); {} when the table is absent."""
+        held: dict[str, tuple[int, bytes]] = {}
         for payload in self._dump(NFT_MSG_GETRULE, family, attr_str(NFTA_RULE_TABLE, table)):
-            chain = _name(parse_attrs(payload, _NFGEN.size)[NFTA_RULE_CHAIN])
-            counts[chain] = counts.get(chain, 0) + 1
-        return counts
+            attrs = parse_attrs(payload, _NFGEN.size)
+            chain = _name(attrs[NFTA_RULE_CHAIN])
+            count, first = held.get(chain, (0, attrs.get(NFTA_RULE_USERDATA, b"")))
+            held[chain] = (count + 1, first)
+        return held
 
     def elements(self, family: str, table: str, set_name: str) -> list[bytes]:
         """Every element of a set, encoded as in a batch (see `identity`)."""

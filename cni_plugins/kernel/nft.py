@@ -7,8 +7,9 @@ one transaction each.
 
 Element changes go to the kernel as one nf_tables netlink batch
 (nfnetlink.py) when the table stands as declared: every set there with its
-declared type, every chain holding its declared number of rules (a query
-or two, well under a millisecond).  Otherwise, or when the kernel refuses
+declared type, every chain holding its declared number of rules, the first
+marked with a digest of the declaration (a query or two, well under a
+millisecond), so a table an older release declared is declared again.  Otherwise, or when the kernel refuses
 the batch, they go through libnftables in a transaction that re-declares
 the table's skeleton (chains are flushed and refilled), which creates the
 table or heals one someone flushed.  libnftables is the slow path on a
@@ -81,6 +82,21 @@ class Table:
         self.sets = sets
         self.chains = chains
         self.counters = counters
+        self._mark = None
+
+    @property
+    def mark(self) -> str:
+        """The comment of each chain's first rule: a digest of the whole
+        declaration, so that a table in the kernel can be told to be this
+        declaration and not another release's that holds as many rules."""
+        if self._mark is None:
+            import hashlib
+            import json
+
+            declared = [self.family, self.name, self.sets, self.chains, list(self.counters)]
+            digest = hashlib.sha256(json.dumps(declared, sort_keys=True).encode()).hexdigest()
+            self._mark = f"pycni {digest[:16]}"
+        return self._mark
 
     def skeleton(self) -> list[dict]:
         ref = {"family": self.family, "table": self.name}
@@ -92,8 +108,9 @@ class Table:
         for chain, (hook, rules) in self.chains.items():
             cmds.append({"add": {"chain": {**ref, "name": chain, **(hook or {})}}})
             cmds.append({"flush": {"chain": {**ref, "name": chain}}})
-            for expr in rules:
-                cmds.append({"add": {"rule": {**ref, "chain": chain, "expr": expr}}})
+            for n, expr in enumerate(rules):
+                rule = {**ref, "chain": chain, "expr": expr}
+                cmds.append({"add": {"rule": {**rule, "comment": self.mark} if n == 0 else rule}})
         return cmds
 
 
@@ -183,16 +200,23 @@ def _tables(elements) -> list:
 def _as_declared(client: NfTables, table: Table, shapes: dict | None) -> bool:
     """Whether the table stands as declared: each set there with its
     declared type (``shapes``: the kernel's, None when the table is absent),
-    each chain with its number of rules.  A rule changed in place, keeping
-    its chain's count (by someone else, or by an upgrade of ours), goes
-    unnoticed until the table is dropped with its last element.  A table
-    with named counters is always declared again: they are not checked here."""
+    each chain with its number of rules, the first of them marked with this
+    declaration's digest (`Table.mark`: a table another release declared is
+    declared again).  A rule someone else changed in place, keeping its
+    chain's count and the first rule, goes unnoticed until the table is
+    dropped with its last element.  A table with named counters is always
+    declared again: they are not checked here."""
     if shapes is None or table.counters:
         return False
     if any(shapes.get(name) != Shape.declared(spec) for name, spec in table.sets.items()):
         return False
-    counts = client.rule_counts(table.family, table.name)
-    return all(counts.get(chain, 0) == len(rules) for chain, (_, rules) in table.chains.items())
+    held = client.chain_rules(table.family, table.name)
+    mark = table.mark.encode()
+    for chain, (_, rules) in table.chains.items():
+        count, first = held.get(chain, (0, b""))
+        if count != len(rules) or (rules and mark not in first):
+            return False
+    return True
 
 
 # Table -> what creates it over netlink, as the kernel listed it right after
