@@ -7,6 +7,14 @@ and podman use, so client cost is the same for every variant; `--client
 pycni` drives `pycni add`/`pycni del` instead.  Everything runs inside a
 private "node" network namespace (the agent too), so the machine's own
 networking is untouched and nothing is left behind.
+
+`--policies N` first loads a large table that is not ours into the node:
+the network-policy engine's tables for N policies over `--policy-pods`
+endpoints (tests/policy_worlds.large_world), to show what other tables on
+a node cost our ADD and DEL.  `--resident N` keeps N attachments of each
+variant in place while ADD and DEL are timed: a node that already runs
+containers, where our tables exist (without, every ADD creates them and
+every DEL drops them).  `--concurrency 0` skips the concurrent runs.
 """
 import argparse
 import concurrent.futures
@@ -88,6 +96,24 @@ class Bench:
         deadline = time.time() + 15
         while time.time() < deadline and not self._agent_up():
             time.sleep(0.05)
+        if self.args.policies:
+            self.load_policies()
+
+    def load_policies(self):
+        """netpolicy's compiled tables for a large cluster, applied in the node."""
+        code = (
+            "import sys\n"
+            f"sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, 'tests')!r}]\n"
+            "from policy_worlds import large_world\n"
+            "from netpolicy.incremental import IncrementalCompiler\n"
+            "from netpolicy.enforcer import Enforcer\n"
+            "from netpolicy.parse import parse_objects\n"
+            "from netpolicy.sources import inputs_of\n"
+            f"objects = [o for part in large_world({self.args.policies}, {self.args.policy_pods}) for o in part]\n"
+            "compiler = IncrementalCompiler('node-1')\n"
+            "compiler.load(inputs_of(parse_objects(objects)))\n"
+            "Enforcer().sync(compiler.tables())\n")
+        sh("nsenter", f"--net=/run/netns/{self.node}", sys.executable, "-c", code)
 
     def _agent_up(self):
         probe = subprocess.run(["nsenter", f"--net=/run/netns/{self.node}", sys.executable, "-c",
@@ -139,6 +165,9 @@ class Bench:
 
     # --- the figures ---------------------------------------------------------------
     def latency(self):
+        for v in self.variants:
+            for j in range(self.args.resident):
+                self.timed(v, "add", self.new_pod(), f"resident{j}")
         samples = {(v.name, op): [] for v in self.variants for op in ("add", "del")}
         for i in range(self.args.iterations + 1):  # the first round warms caches and is dropped
             for v in self.variants:
@@ -149,6 +178,7 @@ class Bench:
                 if i:
                     samples[(v.name, "add")].append(add)
                     samples[(v.name, "del")].append(dele)
+        self.spread = {k: (min(s), max(s)) for k, s in samples.items()}
         return {k: statistics.median(s) for k, s in samples.items()}
 
     def veth_teardown(self, rounds=20):
@@ -210,16 +240,19 @@ TARGETS = {  # issue 5: ours / reference at most
 }
 
 
-def report(figures, client, floor):
+def report(figures, spread, client, floor):
+    """``spread``: (variant, figure) -> the (min, max) of the samples a median is of."""
     print(f"\nCNI latency, bridge + host-local, client: {client}, machine: {os.uname().nodename} "
           f"({os.cpu_count()} cores, kernel {os.uname().release})")
-    print(f"{'figure':<22}{'variant':<13}{'seconds':>10}   {'reference':>10}")
+    print(f"{'figure':<22}{'variant':<13}{'seconds':>10}   {'reference':>10}   min-max: ours, reference")
     ratios = []
     for (variant, what), value in figures.items():
         if variant == "reference":
             continue
         anchor = figures[("reference", what)]
-        print(f"{what:<22}{variant:<13}{value:>10.4f}   {anchor:>10.4f}")
+        ranges = "   ".join(f"{lo:.4f}-{hi:.4f}" for lo, hi in
+                           (spread[(v, what)] for v in (variant, "reference") if (v, what) in spread))
+        print(f"{what:<22}{variant:<13}{value:>10.4f}   {anchor:>10.4f}   {ranges}")
         ratios.append((variant, what, value / anchor, TARGETS.get((variant, what))))
     print(f"\nkernel floor: tearing down one such attachment's veth pair takes {floor * 1000:.1f} ms "
           "here (median), inside every DEL of ours and the reference's")
@@ -243,6 +276,11 @@ def main(argv=None):
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--client", choices=("libcni", "pycni"), default="libcni")
+    parser.add_argument("--policies", type=int, default=0,
+                        help="load netpolicy's tables for this many policies into the node first")
+    parser.add_argument("--policy-pods", type=int, default=5000, help="endpoints of those policies")
+    parser.add_argument("--resident", type=int, default=0,
+                        help="attachments of each variant kept in place while ADD and DEL are timed")
     args = parser.parse_args(argv)
     if args.client == "libcni" and not shutil.which("go"):
         print("go is not installed: falling back to --client pycni", file=sys.stderr)
@@ -252,12 +290,13 @@ def main(argv=None):
     try:
         bench.setup()
         figures = bench.latency()
-        figures.update(bench.concurrent(args.concurrency))
+        if args.concurrency:
+            figures.update(bench.concurrent(args.concurrency))
         floor = bench.veth_teardown()
     finally:
         bench.teardown()
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if report(figures, args.client, floor) else 0
+    return 1 if report(figures, bench.spread, args.client, floor) else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 counters, and the br_netfilter switches bridged traffic needs.  Everything
 goes through libnftables (Debian's python3-nftables) in the calling
 process's network namespace, except transactions of set elements alone,
-which go to the kernel directly (nfnetlink.py).
+which go to the kernel directly (cni_plugins/kernel/nfnetlink.py).
 """
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import ctypes
 import os
 from typing import Mapping
 
-from .nfnetlink import Batch, NetlinkError, encode_elements
+from cni_plugins.kernel.errors import NetlinkError
+from cni_plugins.kernel.nfnetlink import Batch, Shape, encode_elements, shared
+
 from .ruleset import SetSpec, Table, decode_element, decode_key, decode_table
 
 BRIDGE_SYSCTLS = ("/proc/sys/net/bridge/bridge-nf-call-iptables",
@@ -49,7 +51,7 @@ class Kernel:
     def apply(self, commands: list[dict], specs: Mapping[tuple[str, str], SetSpec] | None = None) -> None:
         """One atomic transaction: all of it or nothing.  One that only
         adds and deletes elements of sets whose ``specs`` ((family, set) ->
-        SetSpec) are given goes straight to the kernel (nfnetlink.py)."""
+        SetSpec) are given goes straight to the kernel (kernel/nfnetlink.py)."""
         if not commands:
             return
         if specs is not None and all(_element_change(c) for c in commands):
@@ -60,9 +62,10 @@ class Kernel:
                 spec = specs[(obj["family"], obj["name"])]
                 items = ([decode_element(spec, e) for e in obj["elem"]] if op == "add"
                          else [(decode_key(spec, e), None) for e in obj["elem"]])
-                batch.add(op, obj["family"], obj["table"], obj["name"], encode_elements(spec, items, op == "add"))
+                shape = Shape(spec.key, "verdict" if spec.verdicts else None, spec.interval)
+                batch.add(op, obj["family"], obj["table"], obj["name"], encode_elements(shape, items, op == "add"))
             try:
-                batch.commit()
+                shared().commit(batch)
             except NetlinkError as e:
                 raise NftError(f"nftables transaction failed: {e}") from None
             return

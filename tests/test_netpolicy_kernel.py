@@ -1,4 +1,4 @@
-"""Element transactions sent straight to the kernel (netpolicy/nfnetlink.py)
+"""Element transactions sent straight to the kernel (cni_plugins/kernel/nfnetlink.py)
 leave our sets as libnftables lists them: hash sets and verdict maps of
 IPv4 and IPv6 addresses, interval sets with ranges starting at zero and
 ending at the last address, in random sequences of changes; and a batch

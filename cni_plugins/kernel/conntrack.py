@@ -8,8 +8,8 @@ import _socket as socket  # not `socket`: it imports selectors and enum at start
 import struct
 
 from .netlink import F_DUMP, NLA_F_NESTED, Netlink, attr, parse_attrs
+from .nfnetlink import NETLINK_NETFILTER
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 1, 2
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_ZONE = 1, 2, 18

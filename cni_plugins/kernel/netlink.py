@@ -80,15 +80,19 @@ def attr_u32(kind: int, value: int) -> bytes:
     return attr(kind, struct.pack("=I", value))
 
 
-def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    attrs = {}
+def iter_attrs(data: bytes, offset: int = 0):
+    """(type, payload) of each attribute, in order (a list attribute
+    repeats its type)."""
     while offset + _RTA.size <= len(data):
         length, kind = _RTA.unpack_from(data, offset)
         if length < _RTA.size:
             break
-        attrs[kind & 0x3FFF] = data[offset + _RTA.size : offset + length]
+        yield kind & 0x3FFF, data[offset + _RTA.size : offset + length]
         offset += _align(length)
-    return attrs
+
+
+def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
+    return dict(iter_attrs(data, offset))
 
 
 def cstr(raw: bytes) -> str:
@@ -142,6 +146,22 @@ class Link:
         return struct.unpack("=I", raw)[0] if raw else 0
 
 
+def error_of(payload: bytes, flags: int, where: str = "") -> NetlinkError | None:
+    """The error an NLMSG_ERROR reply carries (None: an acknowledgement),
+    with the kernel's extended-ack message when it sent one."""
+    code = -struct.unpack_from("=i", payload)[0]
+    if code == 0:
+        return None
+    # The original request follows the error code; ext-ack attributes
+    # follow that (only its header when capped).
+    text = ""
+    if flags & 0x200:  # NLM_F_ACK_TLVS
+        inner_len = _NLHDR.unpack_from(payload, 4)[0]
+        skip = 4 + (_NLHDR.size if flags & 0x100 else inner_len)
+        text = cstr(parse_attrs(payload, skip).get(NLMSGERR_ATTR_MSG, b""))
+    return NetlinkError(code, f"{os.strerror(code)}{': ' + text if text else ''}{where}")
+
+
 class Netlink:
     """One netlink socket (NETLINK_ROUTE unless told otherwise), bound to
     the netns it was opened in."""
@@ -186,19 +206,12 @@ class Netlink:
                 if rtype == NLMSG_DONE:
                     return replies
                 if rtype == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
-                    if code == 0:
+                    error = error_of(payload, rflags)
+                    if error is None:
                         if flags & F_DUMP == F_DUMP:
                             continue
                         return replies
-                    # The original request follows the error code; ext-ack
-                    # attributes follow that (only its header when capped).
-                    text = ""
-                    if rflags & 0x200:  # NLM_F_ACK_TLVS
-                        inner_len = _NLHDR.unpack_from(payload, 4)[0]
-                        skip = 4 + (_NLHDR.size if rflags & 0x100 else inner_len)
-                        text = cstr(parse_attrs(payload, skip).get(NLMSGERR_ATTR_MSG, b""))
-                    raise NetlinkError(code, f"{os.strerror(code)}{': ' + text if text else ''}")
+                    raise error
                 replies.append(payload)
 
     # --- links -----------------------------------------------------------
