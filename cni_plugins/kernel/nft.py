@@ -8,16 +8,17 @@ one transaction each.
 Element changes go to the kernel as one nf_tables netlink batch
 (nfnetlink.py) when the table stands as declared: every set there with its
 declared type, every chain holding its declared number of rules, the first
-marked with a digest of the declaration (a query or two, well under a
-millisecond), so a table an older release declared is declared again.  Otherwise, or when the kernel refuses
-the batch, they go through libnftables in a transaction that re-declares
-the table's skeleton (chains are flushed and refilled), which creates the
-table or heals one someone flushed.  libnftables is the slow path on a
-node with large tables of others: it first fetches a cache of every table
-in the namespace (about 10 ms with 1,000 network policies loaded).  So a
-process records how the kernel holds a table it declared, and when the
-table is absent again (its last element left and it was dropped) creates
-it from that record in the batch that adds the elements.
+marked with a digest of the declaration, so that a table another release
+declared is declared again (a query or two, well under a millisecond).
+Otherwise, or when the kernel refuses the batch, they go through
+libnftables in a transaction that re-declares the table's skeleton (chains
+are flushed and refilled), which creates the table or heals one someone
+flushed.  libnftables is the slow path on a node with large tables of
+others: it first fetches a cache of every table in the namespace (about
+10 ms with 1,000 network policies loaded).  So a process records how the
+kernel holds a table it declared, and when the table is absent again (its
+last element left and it was dropped) creates it from that record in the
+batch that adds the elements.
 
 Deleting an element that may be absent is done as add-then-delete in the
 same transaction (nftables 1.0.6 has no `destroy`; the add also refuses a
@@ -90,12 +91,12 @@ class Table:
         declaration, so that a table in the kernel can be told to be this
         declaration and not another release's that holds as many rules."""
         if self._mark is None:
-            import hashlib
             import json
+            import zlib   # hashlib would add ~5 ms to a plugin's start; this is no defence, just a tag
 
-            declared = [self.family, self.name, self.sets, self.chains, list(self.counters)]
-            digest = hashlib.sha256(json.dumps(declared, sort_keys=True).encode()).hexdigest()
-            self._mark = f"pycni {digest[:16]}"
+            declared = json.dumps([self.family, self.name, self.sets, self.chains, list(self.counters)],
+                                  sort_keys=True).encode()
+            self._mark = f"pycni {zlib.crc32(declared):08x}{zlib.adler32(declared):08x}"
         return self._mark
 
     def skeleton(self) -> list[dict]:
