@@ -21,6 +21,39 @@ def run(*cmd, check=True, **kw):
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
 
 
+def _paths_under(root: str) -> set[str]:
+    return {os.path.join(d, n) for d, dirs, files in os.walk(root) for n in dirs + files}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_dirs_left_as_found():
+    """Plugins that podman runs (or that run in a podman test's node
+    namespace) use the default state and run dirs, which tests cannot
+    redirect.  What a session adds there that only tells of work done goes
+    at its end: resolver logs, lock files, dirs left empty.  Anything else
+    new (a record, a pid file) stays, for someone to see."""
+    from cni_plugins.core.request import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR
+
+    roots = [DEFAULT_STATE_DIR, DEFAULT_RUN_DIR]
+    before = {root: (os.path.isdir(root), _paths_under(root)) for root in roots}
+    yield
+    for root, (existed, paths) in before.items():
+        for path in sorted(_paths_under(root) - paths, key=len, reverse=True):   # deepest first
+            name = os.path.basename(path)
+            try:
+                if os.path.isdir(path):
+                    os.rmdir(path)   # only when empty
+                elif name == "lock" or (name.startswith("resolver-") and name.endswith(".log")):
+                    os.unlink(path)
+            except OSError:
+                pass
+        if not existed:
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
+
+
 @pytest.fixture
 def make_netns():
     """Factory for named netns; every one made is deleted at teardown."""
