@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
+from conftest import stop_process  # noqa: E402
 from go import build_driver  # noqa: E402
 from policy_worlds import large_world  # noqa: E402
 
@@ -95,12 +95,7 @@ class Bench:
         return proc
 
     def stop(self, proc):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 30)
         self.procs.remove(proc)
 
     def close(self):

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+from conftest import stop_process
+
 
 class RunningAgent:
     """`pycni agent` in the foreground (inside ``prefix``), ready once its
@@ -43,9 +45,4 @@ class RunningAgent:
         return self.log().count("served ")
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 10)

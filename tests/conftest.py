@@ -3,7 +3,9 @@ private state directories, each removed by a finalizer even when a test fails.""
 import json
 import os
 import random
+import signal
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -19,6 +21,31 @@ def unique(prefix: str) -> str:
 
 def run(*cmd, check=True, **kw):
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+
+
+PYCNI = [sys.executable, "-m", "pycni.cli"]
+
+
+def lab_cli(root, *args, check=True) -> subprocess.CompletedProcess:
+    """`pycni ARGS` with labs kept under ``root``; never a traceback."""
+    out = subprocess.run([*PYCNI, *args], capture_output=True, text=True,
+                         env={**os.environ, "PYCNI_LAB_ROOT": str(root)})
+    assert not check or out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    return out
+
+
+def stop_process(proc: subprocess.Popen, timeout: float, sig=signal.SIGTERM) -> bool:
+    """Send ``sig`` and wait; kill after ``timeout`` s.  Whether it stopped
+    on the signal (the exit status is then ``proc.returncode``)."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
 
 
 def _paths_under(root: str) -> set[str]:

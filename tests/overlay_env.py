@@ -11,7 +11,7 @@ import sys
 import textwrap
 import time
 
-from conftest import run, unique
+from conftest import run, stop_process, unique
 
 PYTHON = sys.executable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,12 +140,7 @@ class Controller:
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 20, sig)
         return self.proc.returncode
 
     def log_text(self):

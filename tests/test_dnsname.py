@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import exec_plugin, run, unique
+from conftest import PYCNI, exec_plugin, run, unique
 
 DOMAIN = "dns.podman"
 
@@ -468,17 +468,16 @@ def test_lab_dns_network(tmp_path, monkeypatch):
           - {{name: a, host: node1, network: podnet}}
           - {{name: b, namespace: web, host: node1, network: podnet}}
         """))
-    pycni = [sys.executable, "-m", "pycni.cli"]
     try:
-        up = run(*pycni, "lab", "up", str(path), check=False)
+        up = run(*PYCNI, "lab", "up", str(path), check=False)
         assert up.returncode == 0, up.stderr
-        status = json.loads(run(*pycni, "lab", "status", name, "--json").stdout)
+        status = json.loads(run(*PYCNI, "lab", "status", name, "--json").stdout)
         ips = {p["name"]: p["ips"][0] for p in status["pods"]}
-        out = run(*pycni, "lab", "exec", "--lab", name, "a", "--", "getent", "hosts", "b", check=False)
+        out = run(*PYCNI, "lab", "exec", "--lab", name, "a", "--", "getent", "hosts", "b", check=False)
         assert out.returncode == 0 and out.stdout.split()[0] == ips["b"], out
-        out = run(*pycni, "lab", "exec", "--lab", name, "web/b", "--", "dig", "+short", "+search", "-q", "a", check=False)
+        out = run(*PYCNI, "lab", "exec", "--lab", name, "web/b", "--", "dig", "+short", "+search", "-q", "a", check=False)
         assert out.stdout.split() == [ips["a"]]
-        out = run(*pycni, "lab", "exec", "--lab", name, "a", "--", "cat", "/etc/resolv.conf").stdout
+        out = run(*PYCNI, "lab", "exec", "--lab", name, "a", "--", "cat", "/etc/resolv.conf").stdout
         assert "nameserver 10.202.1.1" in out and "search lab.test" in out
         pids = []
         for path in glob.glob(str(root / name / "hosts" / "*" / "run" / "dnsname" / "resolver-*.pid")):
@@ -486,7 +485,7 @@ def test_lab_dns_network(tmp_path, monkeypatch):
                 pids.append(int(f.read()))
         assert len(pids) == 1
     finally:
-        down = run(*pycni, "lab", "down", name, check=False)
+        down = run(*PYCNI, "lab", "down", name, check=False)
         for path in glob.glob(str(root / name / "hosts" / "*" / "run" / "dnsname" / "resolver-*.pid")):
             _kill_pidfile(path)
     assert down.returncode == 0, down.stderr

@@ -4,12 +4,13 @@ so in its status, refuses to start beside another controller, and keeps
 its tables when it stops, so a restarted agent has nothing to change."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
+
+from conftest import stop_process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, nftables)")
 
@@ -44,12 +45,8 @@ class Agent:
             time.sleep(0.05)
 
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        stop_process(self.proc, 30)
+        return self.proc.returncode
 
 
 def test_the_policy_duty_enforces_reports_refuses_a_second_controller_and_keeps_its_tables(make_netns, tmp_path):

@@ -231,13 +231,18 @@ def lab(tmp_path_factory):
         lab.down()
 
 
+def restore_labels(lab):
+    """Every pod and namespace of the lab back to its first labels."""
+    for pod in lab.pods.values():
+        pod["labels"] = {"pod": pod["name"]}
+    lab.namespace_labels = {ns: {"ns": ns} for ns in NAMESPACES}
+
+
 @pytest.fixture
 def fresh(lab):
     """The lab with its original labels and no policy, whatever a test did."""
     yield lab
-    for pod in lab.pods.values():
-        pod["labels"] = {"pod": pod["name"]}
-    lab.namespace_labels = {ns: {"ns": ns} for ns in NAMESPACES}
+    restore_labels(lab)
 
 
 # --- the cases of the Kubernetes network-policy e2e suite --------------------------------------

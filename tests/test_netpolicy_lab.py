@@ -26,19 +26,18 @@ import json
 import os
 import random
 import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import unique
+from conftest import PYCNI, lab_cli, unique
 from policy_eval import Cluster
 from test_netpolicy_enforce import netpol
 from test_netpolicy_enforce import pods_labelled as labelled
+from test_netpolicy_enforce import restore_labels
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, nftables)")
 
-PYCNI = [sys.executable, "-m", "pycni.cli"]
 NAMESPACES = ("x", "y", "z")
 PODS = ("a", "b", "c")
 TARGETS = ("80/tcp", "80/udp", "53/tcp", "53/udp")
@@ -91,11 +90,7 @@ class PolicyLab:
                 "pods": list(self.pods.values()), "policies": [*self.policies, *self.files]}
 
     def pycni(self, *args, check=True):
-        out = subprocess.run([*PYCNI, *args], capture_output=True, text=True,
-                             env={**os.environ, "PYCNI_LAB_ROOT": str(self.root)})
-        assert not check or out.returncode == 0, out.stderr[-3000:]
-        assert "Traceback" not in out.stderr, out.stderr[-3000:]
-        return out
+        return lab_cli(self.root, *args, check=check)
 
     def up(self):
         self.path.write_text(yaml.safe_dump(self.body()))
@@ -187,9 +182,7 @@ def lab(request, tmp_path_factory):
 def fresh(lab):
     """The lab with its first labels and no policy, whatever a test did."""
     yield lab
-    for pod in lab.pods.values():
-        pod["labels"] = {"pod": pod["name"]}
-    lab.namespace_labels = {ns: {"ns": ns} for ns in NAMESPACES}
+    restore_labels(lab)
     lab.apply([])
 
 

@@ -13,7 +13,6 @@ agent's sockets never meet the machine's or another test's.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from conftest import unique
+from conftest import stop_process, unique
 from podman_env import PodmanEnv, make_busybox_tarball
 
 NEEDED = ("podman", "runc", "conmon", "nsenter")
@@ -107,12 +106,7 @@ def agent(node, tmp_path):
             time.sleep(0.05)
         yield policies
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 30)
         log.close()
 
 

@@ -16,18 +16,16 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from pycni.lab.spec import ETCD, underlay_bridge, underlay_veth
 
-from conftest import run, unique
+from conftest import PYCNI, lab_cli, run, unique
 from overlay_env import (ECHO_SERVER, PYTHON, SEND_VXLAN, UDP_SINK, PodStream, bridge_fdb, ip_show, netns_exec, ping,
                          start_python, tcp_echo_once, wait_for)
 
-PYCNI = [sys.executable, "-m", "pycni.cli"]
 DEVICE = "pycni.1"
 HOSTS = ("h1", "h2", "h3")
 
@@ -55,11 +53,7 @@ class OverlayLab:
             "pods:", *[f"  - {{name: p{p}, host: {h}, network: cluster}}" for p, h in pods]]) + "\n"
 
     def pycni(self, *args, check=True):
-        out = subprocess.run([*PYCNI, *args], capture_output=True, text=True,
-                             env={**os.environ, "PYCNI_LAB_ROOT": str(self.root)})
-        assert not check or out.returncode == 0, out.stderr[-3000:]
-        assert "Traceback" not in out.stderr, out.stderr[-3000:]
-        return out
+        return lab_cli(self.root, *args, check=check)
 
     def up(self):
         self.path.write_text(self.body())

@@ -14,16 +14,14 @@ import json
 import os
 import random
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from conftest import REFERENCE_BIN, run, unique
+from conftest import PYCNI, REFERENCE_BIN, run, unique
 from pycni import lab as labmod
 from pycni import libcni
 
-PYCNI = [sys.executable, "-m", "pycni.cli"]
 
 
 def random_subnet() -> str:

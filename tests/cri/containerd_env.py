@@ -45,6 +45,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from conftest import stop_process
 from k8s_node import wait_for
 from podman_env import make_busybox_tarball, mounts_under
 
@@ -180,13 +181,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         """Stop containerd; kill and unmount what it left; return what was left."""
         problems = []
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+            if not stop_process(self.proc, 15):
                 problems.append("containerd ignored SIGTERM for 15 s")
-                self.proc.kill()
-                self.proc.wait()
         if self.proc:
             self.log.close()
         for pid in self.shims():
